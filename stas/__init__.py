@@ -1,0 +1,26 @@
+"""STAS: steering video diffusion transformers with massive activations (Cheng et al., 2026).
+
+The public surface::
+
+    pipe = stas.load("house")                    # or a local diffusers dir / hub id (Wan, Wan2.2, CogVideoX)
+    with stas.record(pipe) as rec:               # per (step, block, branch) statistics, reduced on the device
+        video = stas.generate(pipe, "a red square moves left", seed=0)
+    ma = stas.find_massive(rec.stats)            # MA channels with peak/median and peak/mean ratios
+    cfg = stas.STASConfig(alpha=1.0, steps=K, blocks=[mid], channels=ma.channels)
+    with stas.steer(pipe, cfg):
+        steered = stas.generate(pipe, "a red square moves left", seed=0)
+"""
+
+from .adapters import UnsupportedModelError, get_adapter
+from .layout import POSITION_CLASSES, TokenLayout, latent_frame_of, latent_frames_for, pixel_frames_of
+from .load import generate, load, native_defaults, tiny_random_pipeline
+from .massive import MassiveReport, find_massive
+from .record import Recording, record
+from .steer import STASConfig, steer
+
+__all__ = [
+    "load", "generate", "native_defaults", "tiny_random_pipeline", "TokenLayout", "POSITION_CLASSES",
+    "latent_frames_for", "latent_frame_of", "pixel_frames_of", "record", "Recording", "find_massive",
+    "MassiveReport", "STASConfig", "steer", "get_adapter", "UnsupportedModelError",
+]
+__version__ = "0.1.0"

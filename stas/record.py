@@ -1,0 +1,340 @@
+"""Record reductions of block outputs while a pipeline runs, without keeping hidden states.
+
+``with stas.record(pipe) as rec: pipe(...)`` hooks every chosen block; each hook reduces the
+block's video tokens h (B, L, D) on the device, as the forward runs, into preallocated buffers:
+
+* ``chan_max``  max_t |h[t, c]| over the branch's batch and all video tokens  -> (D,)
+* ``chan_mean`` mean_t |h[t, c]|                                             -> (D,)
+* ``median``    median |h| over all channels of a strided subset of <= ``median_tokens`` tokens
+                (every token when L <= median_tokens; Sun et al.'s reference value)  -> ()
+* ``tokens``    h[t, c] for the chosen ``channels`` (signed, mean over the batch)   -> (L, C)
+* ``full``      opt-in: whole hidden states at chosen (step, block) pairs           -> (L, D)
+
+Buffers are written with ``index_copy_`` at a position held in a device tensor, so the hooks have
+no Python state that varies per block or step: a block compiled with ``torch.compile`` (e.g.
+diffusers' ``compile_repeated_blocks``) traces the hook once for all blocks, with no graph breaks.
+Nothing is copied to the host inside a forward; each run's buffers move to the CPU when the next
+run starts or the context exits.
+
+The result, ``rec.stats``, is one `Recording` indexed by (run, step, block, branch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adapters import BRANCHES
+from .hooks import HookContext
+from .layout import TokenLayout
+
+DIMS = {
+    "chan_max": ("run", "step", "block", "branch", "channel"),
+    "chan_mean": ("run", "step", "block", "branch", "channel"),
+    "median": ("run", "step", "block", "branch"),
+    "tokens": ("run", "step", "block", "branch", "token", "channel_sel"),
+    "timesteps": ("run", "step"),
+    "filled": ("run", "step", "branch"),
+}
+
+
+@dataclass
+class Recording:
+    """Per (run, step, block, branch) statistics of block outputs. See module docstring.
+
+    ``data[name]`` is a float32 CPU tensor with dims ``DIMS[name]``; entries never written (e.g.
+    the ``uncond`` branch when guidance is off) are NaN and ``filled`` is False there.
+    ``blocks`` are the block ids of the block axis, ``channels`` the channel ids of ``tokens``'
+    last axis, ``branches`` the branch axis' names, ``layout`` the token layout of the runs.
+    ``full`` maps "run/step/block/branch" to (L, D) hidden states when they were asked for.
+    """
+
+    data: dict
+    blocks: list
+    channels: list
+    layout: TokenLayout | None
+    branches: tuple = BRANCHES
+    meta: dict = field(default_factory=dict)
+    full: dict = field(default_factory=dict)
+
+    def __getitem__(self, name) -> torch.Tensor:
+        return self.data[name]
+
+    def __contains__(self, name):
+        return name in self.data
+
+    @property
+    def num_runs(self) -> int:
+        return self.data["chan_max"].shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.data["chan_max"].shape[1]
+
+    def block_index(self, block: int) -> int:
+        """Position of block id ``block`` on the block axis."""
+        try:
+            return self.blocks.index(block)
+        except ValueError:
+            raise KeyError(f"block {block} was not recorded; recorded blocks: {self.blocks}") from None
+
+    def branch_index(self, branch: str) -> int:
+        if branch not in self.branches:
+            raise KeyError(f"unknown branch {branch!r}; branches: {self.branches}")
+        return self.branches.index(branch)
+
+    def get(self, name: str, run=None, step=None, block=None, branch=None, channel=None) -> torch.Tensor:
+        """``data[name]`` indexed by ids: ``block`` is a block id, ``branch`` a name, ``channel``
+        a channel id of ``channels`` (for ``tokens``) or of the hidden size (for ``chan_*``).
+        A ``None`` keeps the whole axis."""
+        x = self.data[name]
+        dims = DIMS[name]
+        sel = {"run": run, "step": step,
+               "block": None if block is None else self.block_index(block),
+               "branch": None if branch is None else self.branch_index(branch)}
+        if channel is not None:
+            if name == "tokens":
+                sel["channel_sel"] = self.channels.index(channel)
+            else:
+                sel["channel"] = channel
+        idx = tuple(sel.get(d) if sel.get(d) is not None else slice(None) for d in dims)
+        return x[idx]
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write all tensors and metadata to one ``.safetensors`` file; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.contiguous() for k, v in self.data.items()}
+        tensors["filled"] = tensors["filled"].to(torch.uint8)
+        for k, v in self.full.items():
+            tensors[f"full/{k}"] = v.contiguous()
+        meta = {"blocks": self.blocks, "channels": self.channels, "branches": list(self.branches),
+                "layout": None if self.layout is None else _layout_dict(self.layout), "meta": self.meta}
+        save_file(tensors, str(path), metadata={"stas": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Recording":
+        """Inverse of `save`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["stas"])
+        tensors = load_file(str(path))
+        full = {k[5:]: tensors.pop(k) for k in list(tensors) if k.startswith("full/")}
+        tensors["filled"] = tensors["filled"].bool()
+        lay = meta["layout"]
+        return cls(tensors, meta["blocks"], meta["channels"],
+                   None if lay is None else TokenLayout(**{**lay, "patch_size": tuple(lay["patch_size"])}),
+                   tuple(meta["branches"]), meta["meta"], full)
+
+    @classmethod
+    def cat(cls, recordings) -> "Recording":
+        """Concatenate recordings of the same blocks/channels/layout along the run axis."""
+        recordings = list(recordings)
+        r0 = recordings[0]
+        for r in recordings[1:]:
+            if (r.blocks, r.channels, r.layout) != (r0.blocks, r0.channels, r0.layout):
+                raise ValueError("recordings differ in blocks, channels or layout")
+            if r.num_steps != r0.num_steps:
+                raise ValueError(f"recordings differ in steps ({r.num_steps} vs {r0.num_steps})")
+        data = {k: torch.cat([r.data[k] for r in recordings]) for k in r0.data}
+        runs = [m for r in recordings for m in r.meta.get("runs", [{}] * r.num_runs)]
+        return cls(data, r0.blocks, r0.channels, r0.layout, r0.branches, {**r0.meta, "runs": runs})
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self.data.items())
+        return f"Recording(blocks={self.blocks}, channels={self.channels}, {shapes})"
+
+
+def _layout_dict(lay: TokenLayout) -> dict:
+    return {"latent_frames": lay.latent_frames, "latent_height": lay.latent_height,
+            "latent_width": lay.latent_width, "patch_size": list(lay.patch_size),
+            "temporal_factor": lay.temporal_factor, "spatial_factor": lay.spatial_factor}
+
+
+class _BlockRecorder:
+    """Forward hook of one block; all its per-call state lives in device tensors (see module doc)."""
+
+    def __init__(self, owner, block_id: int):
+        self.owner = owner
+        self.block_id = block_id
+        self.bufs = None  # dict name -> device tensor (steps*branches, ...) of the current run
+
+    def __call__(self, module, args, output):
+        bufs = self.bufs
+        if bufs is None:
+            return None
+        h = self.owner.adapter.video_tokens(output)
+        pos = self.owner.pos
+        stride = self.owner.median_stride
+        for k, sl in enumerate(self.owner.slices):
+            x = h[sl]                                   # (b, L, D)
+            flat = x.reshape(-1, x.shape[-1])           # (b*L, D)
+            at = pos[k:k + 1]
+            lo, hi = torch.aminmax(flat, dim=0)
+            bufs["chan_max"].index_copy_(0, at, torch.maximum(hi, -lo).float()[None])
+            l1 = torch.linalg.vector_norm(flat, ord=1, dim=0, dtype=torch.float32)
+            bufs["chan_mean"].index_copy_(0, at, (l1 / flat.shape[0])[None])
+            sub = x[:, ::stride].abs().flatten()
+            bufs["median"].index_copy_(0, at, sub.median().float()[None])
+            if "tokens" in bufs:
+                vals = x.index_select(-1, self.owner.chan_idx).float().mean(0)  # (L, C)
+                bufs["tokens"].index_copy_(0, at, vals[None])
+        return None
+
+
+class _FullRecorder:
+    """Opt-in hook that clones whole hidden states at chosen (step, block) pairs."""
+
+    def __init__(self, owner, block_id):
+        self.owner, self.block_id = owner, block_id
+
+    def __call__(self, module, args, output):
+        tr = self.owner.tracker
+        if (tr.step, self.block_id) in self.owner.full_at:
+            h = self.owner.adapter.video_tokens(output)
+            for name, sl in tr.branches:
+                key = f"{tr.run - self.owner.run0}/{tr.step}/{self.block_id}/{name}"
+                self.owner._full[key] = h[sl].detach().float().mean(0).clone()
+        return None
+
+
+class record(HookContext):
+    """Context manager recording block-output statistics of a pipeline; see module docstring.
+
+    Args:
+        pipe: a diffusers video pipeline (or a bare supported transformer).
+        blocks: block ids to record (default: all).
+        channels: channel ids whose per-token values are kept (default: none).
+        full: (step, block) pairs at which whole hidden states (L, D) are kept (batch mean).
+        median_tokens: at most this many tokens (strided) enter the median estimate.
+
+    After the context (or at any time) ``rec.stats`` is a `Recording` of all runs so far.
+    ``rec.label(**info)`` attaches metadata (e.g. prompt, seed) to the next pipeline call.
+    """
+
+    def __init__(self, pipe, blocks=None, channels=None, full=(), median_tokens: int = 256):
+        super().__init__(pipe)
+        n, d = self.adapter.num_blocks, self.adapter.hidden_size
+        self.blocks = list(range(n)) if blocks is None else [int(b) for b in blocks]
+        self.channels = [] if channels is None else [int(c) for c in channels]
+        self.full_at = {(int(s), int(b)) for s, b in full}
+        self.median_tokens = int(median_tokens)
+        bad_b = [b for b in self.blocks + [b for _, b in self.full_at] if not 0 <= b < n]
+        if bad_b:
+            raise ValueError(f"block ids {bad_b} out of range: the model has {n} blocks (0..{n - 1})")
+        bad_c = [c for c in self.channels if not 0 <= c < d]
+        if bad_c:
+            raise ValueError(f"channels {bad_c} out of range: hidden size is {d}")
+        self._hooks = {b: _BlockRecorder(self, b) for b in self.blocks}
+        self._runs = []        # finished runs: dict of CPU tensors
+        self._run_meta = []
+        self._pending_meta = {}
+        self._cur = None       # current run: dict(bufs per block, filled, timesteps, meta)
+        self._full = {}
+        self.layout = None
+        self.run0 = None
+        self.pos = None
+        self.slices = [slice(None)]
+        self.median_stride = 1
+        self.chan_idx = None
+
+    def label(self, **info):
+        """Attach ``info`` (JSON-serialisable, e.g. prompt and seed) to the next pipeline call's run."""
+        self._pending_meta.update(info)
+
+    def _register(self):
+        handles = self._hook_blocks(self.blocks, lambda b: self._hooks[b])
+        if self.full_at:
+            handles += self._hook_blocks(sorted({b for _, b in self.full_at}), lambda b: _FullRecorder(self, b))
+        return handles
+
+    # -- tracker events -----------------------------------------------------------------------
+    def on_run_start(self, tracker):
+        self._finish_run()
+        if self.run0 is None:
+            self.run0 = tracker.run
+        self._cur = {"alloc": False, "num_steps": tracker.num_steps, "filled": torch.zeros(tracker.num_steps, 2, dtype=torch.bool),
+                     "timesteps": tracker.timesteps, "meta": self._pending_meta}
+        self._pending_meta = {}
+
+    def on_call(self, tracker):
+        cur = self._cur
+        if not cur["alloc"]:
+            self._allocate(tracker)
+        if tracker.layout != self.layout:
+            raise ValueError(f"token layout changed within one record context ({self.layout} -> "
+                             f"{tracker.layout}); record different sizes in separate contexts")
+        if tracker.step >= cur["num_steps"]:
+            return
+        ids = [tracker.step * 2 + BRANCHES.index(name) for name, _ in tracker.branches]
+        self.pos.copy_(torch.tensor(ids + [0] * (2 - len(ids)), dtype=torch.long), non_blocking=True)
+        self.slices = [sl for _, sl in tracker.branches]
+        for name, _ in tracker.branches:
+            cur["filled"][tracker.step, BRANCHES.index(name)] = True
+
+    def _allocate(self, tracker):
+        lay = tracker.layout
+        if self.layout is None:
+            self.layout = lay
+        t = self.adapter.transformers[0]
+        p = next(t.parameters())
+        dev = p.device
+        S, D, L, C = self._cur["num_steps"] * 2, self.adapter.hidden_size, lay.num_tokens, len(self.channels)
+        self.median_stride = max(1, -(-L // self.median_tokens))
+        if self.pos is None or self.pos.device != dev:
+            self.pos = torch.zeros(2, dtype=torch.long, device=dev)
+        self.chan_idx = torch.tensor(self.channels, dtype=torch.long, device=dev)
+        for b, hook in self._hooks.items():
+            bufs = {"chan_max": torch.full((S, D), float("nan"), device=dev),
+                    "chan_mean": torch.full((S, D), float("nan"), device=dev),
+                    "median": torch.full((S,), float("nan"), device=dev)}
+            if C:
+                bufs["tokens"] = torch.full((S, L, C), float("nan"), device=dev)
+            hook.bufs = bufs
+        self._cur["alloc"] = True
+
+    def _finish_run(self):
+        cur = self._cur
+        if cur is None:
+            return
+        self._cur = None
+        if not cur["alloc"]:
+            return
+        n = cur["num_steps"]
+        out = {}
+        for name in ("chan_max", "chan_mean", "median", "tokens"):
+            if name == "tokens" and not self.channels:
+                continue
+            per_block = [self._hooks[b].bufs[name].reshape(n, 2, *self._hooks[b].bufs[name].shape[1:]) for b in self.blocks]
+            out[name] = torch.stack(per_block, 1).cpu()  # (steps, blocks, branch, ...)
+        for hook in self._hooks.values():
+            hook.bufs = None
+        ts = cur["timesteps"]
+        out["timesteps"] = ts.clone() if ts is not None and len(ts) == n else torch.full((n,), float("nan"))
+        out["filled"] = cur["filled"]
+        self._runs.append(out)
+        self._run_meta.append(cur["meta"])
+
+    def _close(self):
+        self._finish_run()
+        super()._close()
+
+    @property
+    def stats(self) -> Recording:
+        """All runs recorded so far as one `Recording` (finishes the current run)."""
+        self._finish_run()
+        if not self._runs:
+            raise RuntimeError("nothing recorded yet: call the pipeline inside the `record` context")
+        steps = {r["chan_max"].shape[0] for r in self._runs}
+        if len(steps) > 1:
+            raise ValueError(f"runs have different step counts {sorted(steps)}; record them separately")
+        data = {k: torch.stack([r[k] for r in self._runs]) for k in self._runs[0]}
+        meta = {"family": self.adapter.family, "runs": self._run_meta, "median_tokens": self.median_tokens}
+        return Recording(data, self.blocks, self.channels, self.layout, BRANCHES, meta, dict(self._full))

@@ -1,0 +1,280 @@
+"""Tests for stas.metrics on constructed videos whose answers are known in advance."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from stas import metrics as M
+
+
+# ------------------------------------------------------------------------------- helpers
+
+def const_video(values, hw=(32, 32)):
+    """(F, 3, H, W) video whose frame i is uniformly values[i]."""
+    v = torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1)
+    return v.expand(-1, 3, *hw).clone()
+
+
+def textured_translation(num_frames=9, size=64, shift=2, seed=0):
+    """Smooth random texture whose content moves right by `shift` px per frame; (F, H, W, 3) float."""
+    rng = np.random.default_rng(seed)
+    pad = shift * num_frames + 16
+    big = cv2.GaussianBlur(rng.random((size + pad, size + pad, 3)).astype(np.float32), (0, 0), 2.0)
+    big = (big - big.min()) / (big.max() - big.min())
+    x0 = 8 + shift * (num_frames - 1)
+    return np.stack([big[8:8 + size, x0 - shift * t: x0 - shift * t + size]
+                     for t in range(num_frames)])
+
+
+@pytest.fixture(scope="module")
+def moving():
+    return textured_translation()
+
+
+# ------------------------------------------------------------------------------- as_video
+
+def test_as_video_layouts_and_dtypes():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, size=(5, 16, 20, 3), dtype=np.uint8)
+    v = M.as_video(u8)
+    assert v.shape == (5, 3, 16, 20) and v.dtype == torch.float32
+    assert torch.allclose(v, torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255)
+    # the same frames as float channel-first tensor, channel-last float array, uint8 tensor
+    assert torch.equal(M.as_video(v), v)
+    assert torch.allclose(M.as_video(v.permute(0, 2, 3, 1).numpy()), v)
+    assert torch.allclose(M.as_video(torch.from_numpy(u8)), v)
+    assert torch.allclose(M.as_video(v.double()), v)
+    # tiny round-off outside [0, 1] is clamped
+    w = M.as_video(v - 1e-5)
+    assert float(w.min()) >= 0.0
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (torch.zeros(3, 3, 8), ValueError, "4 dimensions"),
+    (torch.zeros(4, 2, 8, 8), ValueError, "size 3"),
+    (torch.zeros(4, 3, 8, 8) - 1.0, ValueError, r"\[-1, 1\]"),
+    (torch.full((4, 3, 8, 8), 200.0), ValueError, "0..255"),
+    (torch.full((4, 3, 8, 8), 1.2), ValueError, r"\[0, 1\]"),
+    (torch.full((4, 3, 8, 8), float("nan")), ValueError, "NaN"),
+    (torch.zeros(4, 3, 8, 8, dtype=torch.int64), TypeError, "dtype"),
+    ([[0.0]], TypeError, "torch.Tensor or numpy"),
+])
+def test_as_video_rejects_bad_input(bad, exc, match):
+    with pytest.raises(exc, match=match):
+        M.as_video(bad)
+
+
+def test_single_frame_rejected_where_pairs_needed():
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        M.frame_differences(torch.zeros(1, 3, 8, 8))
+
+
+# ------------------------------------------------------------------------------- frame bookkeeping
+
+def test_pixel_to_latent_frame_and_counts():
+    assert M.pixel_to_latent_frame(0) == 0
+    assert list(M.pixel_to_latent_frame(np.arange(10))) == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
+    assert list(M.pixel_to_latent_frame(np.arange(7), temporal_factor=2)) == [0, 1, 1, 2, 2, 3, 3]
+    assert M.num_latent_frames(81) == 21
+    assert M.num_latent_frames(11, strict=False) == 4
+    with pytest.raises(ValueError, match="1 \\+ 4·k"):
+        M.num_latent_frames(11)
+
+
+def test_seam_mask():
+    assert M.seam_mask(9).tolist() == [True, False, False, False, True, False, False, False]
+    assert np.flatnonzero(M.seam_mask(13, temporal_factor=2)).tolist() == [0, 2, 4, 6, 8, 10]
+    # seams sit exactly where the latent frame index changes (0->1, 4->5, 8->9, ...)
+    f = np.arange(17)
+    lat = M.pixel_to_latent_frame(f)
+    assert np.array_equal(M.seam_mask(17), lat[1:] != lat[:-1])
+
+
+# ------------------------------------------------------------------------------- flicker
+
+def test_static_clip():
+    v = const_video([0.3] * 9)
+    assert np.array_equal(M.frame_differences(v), np.zeros(8))
+    assert M.flicker(v) == 0.0
+    assert M.flicker_score(v) == 1.0
+    prof = M.seam_profile(v)
+    assert prof["seam_mean"] == 0.0 and prof["within_mean"] == 0.0
+    # chosen convention: no change anywhere -> nan (no seam structure to measure)
+    assert math.isnan(M.seam_jump(v))
+
+
+def test_uniform_brightening_known_mad():
+    step = 0.05
+    v = const_video([0.1 + step * i for i in range(9)])
+    d = M.frame_differences(v)
+    assert d.shape == (8,)
+    np.testing.assert_allclose(d, step, atol=1e-6)
+    assert M.flicker(v) == pytest.approx(step, abs=1e-6)
+    assert M.flicker_score(v) == pytest.approx((255 - 255 * step) / 255, abs=1e-6)
+    # uint8 input: 10 levels per frame -> MAD 10/255
+    u8 = np.stack([np.full((16, 16, 3), 10 * i, np.uint8) for i in range(5)])
+    assert M.flicker(u8) == pytest.approx(10 / 255, abs=1e-7)
+    # uniform change everywhere -> seams are no different
+    assert M.seam_jump(v) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_planted_jump_at_seam_4_to_5():
+    # steady brightening by 0.01/frame, plus a jump of 0.2 from pixel frame 5 onwards
+    vals = [0.1 + 0.01 * i + (0.2 if i >= 5 else 0.0) for i in range(9)]
+    prof = M.seam_profile(const_video(vals))
+    d = prof["diffs"]
+    assert int(np.argmax(d)) == 4
+    np.testing.assert_allclose(d, [0.01, 0.01, 0.01, 0.01, 0.21, 0.01, 0.01, 0.01], atol=1e-5)
+    assert prof["is_seam"][4] and prof["is_seam"][0]
+    assert prof["seam_mean"] == pytest.approx(0.11, abs=1e-5)
+    assert prof["within_mean"] == pytest.approx(0.01, abs=1e-5)
+    assert prof["seam_jump"] == pytest.approx(11.0, rel=1e-3)
+    np.testing.assert_allclose(prof["phase_mean"], [0.11, 0.01, 0.01, 0.01], atol=1e-5)
+    # a pure step (no other change) shows only at transition 4 and gives inf
+    step = const_video([0.2] * 5 + [0.6] * 4)
+    d = M.frame_differences(step)
+    assert np.flatnonzero(d).tolist() == [4]
+    assert d[4] == pytest.approx(0.4, abs=1e-6)
+    assert M.seam_jump(step) == math.inf
+
+
+def test_planted_jump_inside_chunk_2_to_3():
+    vals = [0.1 + 0.01 * i + (0.2 if i >= 3 else 0.0) for i in range(9)]
+    prof = M.seam_profile(const_video(vals))
+    assert int(np.argmax(prof["diffs"])) == 2 and not prof["is_seam"][2]
+    # seams 0.01 each; within (0.21 + 5 x 0.01) / 6
+    assert prof["seam_jump"] == pytest.approx(0.01 / (0.26 / 6), rel=1e-3)
+    assert prof["seam_jump"] < 1
+
+
+def test_seam_profile_strictness_and_temporal_factor():
+    v = const_video([0.01 * i for i in range(11)])
+    with pytest.raises(ValueError, match="strict=False"):
+        M.seam_profile(v)
+    prof = M.seam_profile(v, strict=False)  # partial last chunk (frames 9, 10)
+    assert prof["diffs"].shape == (10,)
+    assert np.flatnonzero(prof["is_seam"]).tolist() == [0, 4, 8]
+    # temporal factor 2: seams at 0, 2, 4, ...; a jump at 2->3 is a seam there
+    vals = [0.1 + 0.01 * i + (0.2 if i >= 3 else 0.0) for i in range(9)]
+    p2 = M.seam_profile(const_video(vals), temporal_factor=2)
+    assert p2["is_seam"][2] and p2["seam_jump"] > 5
+    with pytest.raises(ValueError, match="temporal_factor"):
+        M.seam_profile(v, temporal_factor=0)
+    with pytest.raises(ValueError, match="metric"):
+        M.seam_profile(const_video([0.0] * 5), metric="nope")
+
+
+# ------------------------------------------------------------------------------- optical flow
+
+def test_static_clip_flow():
+    rng = np.random.default_rng(1)
+    frame = cv2.GaussianBlur(rng.random((32, 32, 3)).astype(np.float32), (0, 0), 1.5)
+    v = np.repeat(frame[None], 5, axis=0)
+    flows = M.optical_flow(v)
+    assert flows.shape == (4, 32, 32, 2) and flows.dtype == np.float32
+    assert np.abs(flows).max() < 1e-4
+    assert M.motion_magnitude(v, flows=flows) < 1e-4
+    assert M.flow_warp_error(v, flows=flows) < 1e-6
+
+
+def test_translation_flow_and_warp(moving):
+    flows = M.optical_flow(moving)
+    assert flows.shape == (8, 64, 64, 2)
+    # content moves right: dx ~ +2, dy ~ 0
+    assert flows[..., 0].mean() == pytest.approx(2.0, abs=0.3)
+    assert abs(flows[..., 1].mean()) < 0.3
+    mag = M.motion_magnitudes(moving, flows=flows)
+    assert mag.shape == (8,)
+    assert M.motion_magnitude(moving, flows=flows) == pytest.approx(2.0, abs=0.3)
+    errs = M.flow_warp_errors(moving, flows=flows)
+    assert errs.shape == (8,)
+    warp = M.flow_warp_error(moving, flows=flows)
+    unwarped = M.flicker(moving)
+    assert warp < 0.1 * unwarped
+    # masking the pixels that come from outside the frame can only help here
+    assert warp <= M.flow_warp_error(moving, flows=flows, mask_out_of_bounds=False) + 1e-9
+    # motion-compensated seam profile runs and sees no seam structure in uniform motion
+    assert M.seam_profile(moving, metric="warp")["diffs"].shape == (8,)
+
+
+def test_flow_validation(moving):
+    with pytest.raises(ValueError, match="flows must have shape"):
+        M.flow_warp_errors(moving, flows=np.zeros((3, 64, 64, 2)))
+    with pytest.raises(TypeError, match="unknown"):
+        M.optical_flow(moving[:2], window=3)
+
+
+# ------------------------------------------------------------------------------- Fréchet distance
+
+def test_frechet_self_is_zero():
+    x = np.random.default_rng(0).normal(size=(200, 8))
+    assert M.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert M.frechet_distance(torch.from_numpy(x), x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_closed_form():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0])
+    v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 0.25])
+    # diagonal covariances: |mu1-mu2|^2 + sum (sqrt v1 - sqrt v2)^2 = 5 + (1 + 1 + 0) = 7
+    d = M.frechet_distance_from_stats(mu1, np.diag(v1), mu2, np.diag(v2))
+    assert d == pytest.approx(7.0, abs=1e-9)
+    # equal non-diagonal covariances: only the means matter
+    a = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 0.7]])
+    assert M.frechet_distance_from_stats(mu1, a, mu2, a) == pytest.approx(5.0, abs=1e-8)
+    # samples from those Gaussians approach the closed form
+    rng = np.random.default_rng(0)
+    xa = rng.normal(mu1, np.sqrt(v1), size=(20000, 3))
+    xb = rng.normal(mu2, np.sqrt(v2), size=(20000, 3))
+    assert M.frechet_distance(xa, xb) == pytest.approx(7.0, rel=0.05)
+
+
+def test_frechet_singular_and_validation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 16))  # N < D: singular covariance
+    y = rng.normal(size=(6, 16)) + 1.0
+    d = M.frechet_distance(x, y)
+    assert np.isfinite(d) and d > 0
+    with pytest.raises(ValueError, match="dimensions differ"):
+        M.frechet_distance(x, y[:, :3])
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        M.frechet_distance(x[:1], y)
+
+
+# ------------------------------------------------------------------------------- statistics
+
+def test_paired_ci_hand_computed():
+    a = [1.0, 2.0, 3.0, 4.0]
+    b = [0.5, 1.0, 2.5, 3.0]
+    # d = [0.5, 1, 0.5, 1]: mean 0.75, squared deviations 4 x 0.0625 = 0.25,
+    # sd = sqrt(0.25 / 3) = sqrt(1/12), sem = sd / sqrt(4) = 0.144338...
+    # t_{0.975, 3} = 3.182446305
+    r = M.paired_ci(a, b)
+    sem = math.sqrt(1 / 12) / 2
+    assert r["n"] == 4
+    assert r["mean_diff"] == pytest.approx(0.75)
+    assert r["sem"] == pytest.approx(sem)
+    assert r["lo"] == pytest.approx(0.75 - 3.182446305 * sem, abs=1e-8)
+    assert r["hi"] == pytest.approx(0.75 + 3.182446305 * sem, abs=1e-8)
+    assert r["p"] == pytest.approx(scipy.stats.ttest_rel(a, b).pvalue, rel=1e-10)
+    # nan pairs dropped
+    r2 = M.paired_ci(a + [float("nan")], b + [1.0])
+    assert r2["n"] == 4 and r2["mean_diff"] == pytest.approx(0.75)
+    # degenerate cases
+    assert math.isnan(M.paired_ci([1.0], [0.0])["lo"])
+    r3 = M.paired_ci([1.0, 2.0], [0.0, 1.0])
+    assert (r3["lo"], r3["hi"], r3["p"]) == (1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="same length"):
+        M.paired_ci([1.0, 2.0], [1.0])
+
+
+def test_summarize():
+    s = M.summarize({"flicker": [1.0, 2.0, 3.0, float("nan")], "one": [5.0]})
+    assert s["flicker"]["mean"] == pytest.approx(2.0)
+    assert s["flicker"]["sem"] == pytest.approx(1.0 / math.sqrt(3))
+    assert s["flicker"]["n"] == 3
+    assert "±" in s["flicker"]["text"]
+    assert s["one"]["n"] == 1 and math.isnan(s["one"]["sem"])

@@ -1,0 +1,134 @@
+"""stas.record equals a brute-force reference that keeps full hidden states."""
+
+import pytest
+import torch
+
+import stas
+from stas.adapters import get_adapter
+from stas.record import Recording
+
+from conftest import call_kwargs
+
+
+class BruteForce:
+    """Keeps every block output of every transformer call, with the step it belongs to."""
+
+    def __init__(self, pipe):
+        self.ad = get_adapter(pipe)
+        self.calls = []  # (call index, block, hidden (B, L, D))
+        self.n = 0
+        self.handles = [self.ad.transformers[0].register_forward_pre_hook(self._pre)]
+        for i, blk in enumerate(self.ad.blocks(self.ad.transformers[0])):
+            self.handles.append(blk.register_forward_hook(self._hook(i)))
+
+    def _pre(self, module, args):
+        self.n += 1
+
+    def _hook(self, i):
+        def f(module, args, output):
+            self.calls.append((self.n - 1, i, self.ad.video_tokens(output).detach().clone()))
+        return f
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _reference(h):
+    flat = h.reshape(-1, h.shape[-1]).abs()
+    return flat.amax(0), flat.mean(0), h.abs().flatten().median()
+
+
+def test_record_equals_bruteforce_wan(wan):
+    kw = call_kwargs(wan, num_inference_steps=3)
+    chans = [1, 7]
+    bf = BruteForce(wan)
+    try:
+        with stas.record(wan, channels=chans) as rec:
+            stas.generate(wan, "a red square moves left", seed=0, **kw)
+    finally:
+        bf.close()
+    s = rec.stats
+    D = get_adapter(wan).hidden_size
+    L = s.layout.num_tokens
+    assert s["chan_max"].shape == (1, 3, 2, 2, D)
+    assert s["tokens"].shape == (1, 3, 2, 2, L, 2)
+    assert s["filled"].all()
+    # Wan: call 2k is step k cond, call 2k+1 is step k uncond
+    for call, block, h in bf.calls:
+        step, branch = divmod(call, 2)
+        mx, mean, med = _reference(h)
+        torch.testing.assert_close(s["chan_max"][0, step, block, branch], mx)
+        torch.testing.assert_close(s["chan_mean"][0, step, block, branch], mean)
+        torch.testing.assert_close(s["median"][0, step, block, branch], med)
+        torch.testing.assert_close(s["tokens"][0, step, block, branch], h[0][:, chans])
+    assert len(bf.calls) == 3 * 2 * 2  # steps x branches x blocks
+
+
+def test_record_cogvideox_batched_cfg(cog):
+    kw = call_kwargs(cog)
+    bf = BruteForce(cog)
+    try:
+        with stas.record(cog, channels=[3]) as rec:
+            stas.generate(cog, "a blue circle", seed=1, **kw)
+    finally:
+        bf.close()
+    s = rec.stats
+    assert s["filled"].all()
+    for call, block, h in bf.calls:  # one call per step; batch = [uncond, cond]
+        unc, cond = h[:1], h[1:]
+        torch.testing.assert_close(s.get("chan_max", run=0, step=call, block=block, branch="uncond"), _reference(unc)[0])
+        torch.testing.assert_close(s.get("chan_max", run=0, step=call, block=block, branch="cond"), _reference(cond)[0])
+        torch.testing.assert_close(s.get("tokens", run=0, step=call, block=block, branch="cond", channel=3), cond[0, :, 3])
+
+
+def test_no_guidance_leaves_uncond_empty(wan):
+    with stas.record(wan, blocks=[1]) as rec:
+        stas.generate(wan, "a ball", seed=0, **call_kwargs(wan, guidance_scale=1.0))
+    s = rec.stats
+    assert s["filled"][0, :, 0].all() and not s["filled"][0, :, 1].any()
+    assert torch.isnan(s["chan_max"][0, :, 0, 1]).all() and not torch.isnan(s["chan_max"][0, :, 0, 0]).any()
+    assert s.blocks == [1]
+
+
+def test_runs_save_load_roundtrip(wan, tmp_path):
+    kw = call_kwargs(wan)
+    with stas.record(wan, channels=[0], full=[(0, 1)]) as rec:
+        for seed in (0, 1):
+            rec.label(prompt="a ball", seed=seed)
+            stas.generate(wan, "a ball", seed=seed, **kw)
+    s = rec.stats
+    assert s.num_runs == 2 and s.meta["runs"] == [{"prompt": "a ball", "seed": 0}, {"prompt": "a ball", "seed": 1}]
+    assert not torch.equal(s["chan_max"][0], s["chan_max"][1])  # different seeds, different stats
+    assert set(s.full) == {"0/0/1/cond", "0/0/1/uncond", "1/0/1/cond", "1/0/1/uncond"}
+    torch.testing.assert_close(s.full["1/0/1/cond"][:, 0], s.get("tokens", run=1, step=0, block=1, branch="cond")[:, 0])
+    path = s.save(tmp_path / "rec.safetensors")
+    r = Recording.load(path)
+    assert r.blocks == s.blocks and r.channels == s.channels and r.layout == s.layout and r.meta == s.meta
+    for k in s.data:
+        assert torch.equal(r[k], s[k]) if k == "filled" else torch.allclose(r[k], s[k], equal_nan=True)
+    both = Recording.cat([s, r])
+    assert both.num_runs == 4
+
+
+def test_recording_is_deterministic(wan):
+    kw = call_kwargs(wan)
+    outs = []
+    for _ in range(2):
+        with stas.record(wan) as rec:
+            stas.generate(wan, "a ball", seed=3, **kw)
+        outs.append(rec.stats["chan_max"])
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_record_validates_and_unhooks(wan):
+    with pytest.raises(ValueError, match="out of range"):
+        stas.record(wan, blocks=[5])
+    with pytest.raises(ValueError, match="out of range"):
+        stas.record(wan, channels=[24])
+    blk = wan.transformer.blocks[0]
+    with pytest.raises(RuntimeError, match="boom"):
+        with stas.record(wan):
+            raise RuntimeError("boom")
+    assert not blk._forward_hooks and not wan.transformer._forward_pre_hooks
+    assert "step" not in wan.scheduler.__dict__ and "set_timesteps" not in wan.scheduler.__dict__
