@@ -13,13 +13,13 @@ The public surface::
 
 from .adapters import UnsupportedModelError, get_adapter
 from .layout import POSITION_CLASSES, TokenLayout, latent_frame_of, latent_frames_for, pixel_frames_of
-from .load import generate, load, native_defaults, tiny_random_pipeline
+from .load import generate, load, native_defaults, save_video, tiny_random_pipeline
 from .massive import MassiveReport, find_massive
 from .record import Recording, record
 from .steer import STASConfig, steer
 
 __all__ = [
-    "load", "generate", "native_defaults", "tiny_random_pipeline", "TokenLayout", "POSITION_CLASSES",
+    "load", "generate", "save_video", "native_defaults", "tiny_random_pipeline", "TokenLayout", "POSITION_CLASSES",
     "latent_frames_for", "latent_frame_of", "pixel_frames_of", "record", "Recording", "find_massive",
     "MassiveReport", "STASConfig", "steer", "get_adapter", "UnsupportedModelError",
 ]

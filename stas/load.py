@@ -169,3 +169,19 @@ def generate(pipe, prompt: str | None = None, seed: int = 0, **pipeline_kwargs) 
     gen = torch.Generator(device=device).manual_seed(int(seed))
     out = pipe(generator=gen, output_type="pt", **kw).frames[0]  # (F, 3, H, W) in [0, 1]
     return out.float().clamp(0, 1).cpu()
+
+
+def save_video(video: torch.Tensor, path, fps: int = 8):
+    """Write a (frames, 3, H, W) float video in [0, 1] to ``path`` (.mp4 via imageio-ffmpeg, .gif otherwise).
+
+    Returns the path. Needs the ``notebooks`` extra (imageio, imageio-ffmpeg)."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if path.suffix == ".mp4":
+        imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    else:
+        imageio.mimwrite(path, list(frames), duration=1000 / fps, loop=0)
+    return path

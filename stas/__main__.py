@@ -1,0 +1,73 @@
+"""Command line: ``python -m stas generate|figures|bench ...`` (``-h`` on each for options)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cmd_generate(a):
+    import stas
+
+    pipe = stas.load(a.model)
+    kw = {k: v for k, v in dict(num_frames=a.frames, num_inference_steps=a.steps, guidance_scale=a.guidance).items()
+          if v is not None}
+    ctx = stas.steer(pipe, stas.STASConfig(alpha=a.alpha, steps=a.stas_steps, blocks=a.blocks, channels=a.channels)) \
+        if a.channels else _null()
+    with ctx:
+        video = stas.generate(pipe, a.prompt, seed=a.seed, **kw)
+    print(stas.save_video(video, a.out))
+
+
+def cmd_figures(a):
+    nbs = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")) + sorted((ROOT / "notebooks").glob("explorer.ipynb"))
+    for nb in nbs:
+        print(f"== {nb.name}", flush=True)
+        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                        "--ExecutePreprocessor.timeout=-1", str(nb)], check=True, cwd=nb.parent)
+
+
+def cmd_bench(a):
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{a.which}.py"), *a.args], check=True)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *e):
+        return False
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m stas", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="generate one clip (optionally with STAS) and save it as MP4/GIF")
+    g.add_argument("prompt")
+    g.add_argument("--model", default=None, help="house (default, or $STAS_MODEL), a diffusers dir or hub id")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--frames", type=int, default=None)
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--guidance", type=float, default=None)
+    g.add_argument("--channels", type=int, nargs="*", default=None, help="MA channels to steer (enables STAS)")
+    g.add_argument("--blocks", type=int, nargs="+", default=[4])
+    g.add_argument("--alpha", type=float, default=1.0)
+    g.add_argument("--stas-steps", type=int, default=5)
+    g.add_argument("--out", default="video.mp4")
+    g.set_defaults(fn=cmd_generate)
+    f = sub.add_parser("figures", help="re-run every notebook in place (each writes its figures to figures/)")
+    f.set_defaults(fn=cmd_figures)
+    b = sub.add_parser("bench", help="run a benchmark script: overhead (GPU) or house_speed (CPU)")
+    b.add_argument("which", choices=["overhead", "house_speed"])
+    b.add_argument("args", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=cmd_bench)
+    a = ap.parse_args(argv)
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()
