@@ -209,3 +209,37 @@ def test_unsupported_model_error():
         stas.steer(pipe, stas.STASConfig(steps=1, blocks=[0], channels=[0]))
     with pytest.raises(stas.UnsupportedModelError):
         stas.record(pipe)
+
+
+def _wan22(wan, **extra):
+    from diffusers import WanPipeline
+
+    p = WanPipeline(tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae,
+                    transformer=wan.transformer, scheduler=wan.scheduler, **extra)
+    p.stas_name = "tiny-random-wan"
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_wan22_expand_timesteps(wan):
+    """Wan2.2-TI2V passes one timestep per token; layout, steps and branches are unchanged."""
+    p = _wan22(wan, expand_timesteps=True)
+    with stas.record(p, channels=[1]) as rec, stas.steer(p, stas.STASConfig(steps=2, blocks=[1], channels=[3])) as st:
+        stas.generate(p, PROMPT, seed=0, **call_kwargs(p))
+    assert rec.stats["filled"].all() and rec.stats.layout.num_tokens == 3 * 2 * 2
+    assert len(st.calls) == 2 * 2
+
+
+def test_wan22_two_transformers(wan):
+    """Wan2.2-A14B switches to transformer_2 for low-noise steps: both are hooked, steps keep counting."""
+    import copy
+
+    p = _wan22(wan, transformer_2=copy.deepcopy(wan.transformer), boundary_ratio=0.5)
+    calls2 = []
+    h = p.transformer_2.register_forward_pre_hook(lambda *a: calls2.append(1))
+    with stas.record(p, blocks=[0]) as rec:
+        stas.generate(p, PROMPT, seed=0, **call_kwargs(p))
+    h.remove()
+    assert calls2 and rec.stats["filled"].all()
+    assert not torch.isnan(rec.stats["chan_max"]).any()                # block 0 of both transformers wrote
+    assert all(b[0]._forward_hooks == {} for b in (p.transformer.blocks, p.transformer_2.blocks))
