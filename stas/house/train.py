@@ -1,0 +1,650 @@
+"""Train the house model: ``python -m stas.house.train {vae,dit,report} ...``.
+
+    # 1. the VAE (a few minutes on one GPU; both variants can run at once)
+    python -m stas.house.train vae --variant causal --minutes 2 --out data/house
+    # 2. the DiT, in resumable chunks of <= 10 minutes (re-run the same command to continue)
+    python -m stas.house.train dit --variant causal --minutes 9 --out data/house --ckpt runs/causal
+    # 3. the curves figure from the logged statistics (CPU, needs matplotlib)
+    python -m stas.house.train report --out data/house
+
+DiT recipe (as Wan): flow matching x_t = (1-t) x0 + t eps, predict eps - x0, timestep = 1000 t,
+t ~ logit-normal(0, 1); joint image + video training (every 4th step is an image step: latent frame 0
+alone, batch x4); 10 % of captions replaced by the empty prompt (for classifier-free guidance);
+AdamW, bf16 autocast, torch.compile when it works, EMA of the weights (shipped).
+Training clips are rendered on the device and encoded once into a latent pool at the start.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import world
+from .models import NUM_FRAMES, SIZE, VARIANTS, make_dit, make_vae, pixel_frames
+from .text import MAX_SEQ_LEN, encode, load_text_encoder
+
+EVAL_SEED0 = 1_000_000_000  # held-out seeds for statistics
+NOISE_LEVELS = (0.9, 0.5, 0.1)
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def _device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------------------------------------- VAE
+def vae_encode(vae, video, variant):
+    """video (B,3,F,H,W) in [-1,1] (all F=29 frames) -> posterior mean (B,z,8,h,w)."""
+    if variant == "causal":
+        return vae.encode(video).latent_dist.mode()
+    fr = pixel_frames(variant, video.shape[2])
+    x = video[:, :, fr]  # B,3,8,H,W
+    B, C, T, H, W = x.shape
+    x = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, 1, H, W)
+    mu = vae.encode(x).latent_dist.mode()  # B*T, z, 1, h, w
+    return mu[:, :, 0].reshape(B, T, mu.shape[1], mu.shape[3], mu.shape[4]).permute(0, 2, 1, 3, 4)
+
+
+def train_vae(args):
+    dev = _device()
+    torch.manual_seed(args.seed)
+    vae = make_vae(args.variant).to(dev).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    # short clips (default 9 frames = 3 latent frames: frame 0 alone + two 4-frame chunks) exercise the
+    # same causal code path as 29 frames at a third of the cost per clip
+    stream = world.ClipStream(start_seed=args.seed * 10_000_000, num_frames=args.frames, size=SIZE, device=dev)
+    fr = pixel_frames(args.variant, args.frames)
+    t0 = time.time()
+    step, hist = 0, []
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    while time.time() - t0 < args.minutes * 60 and (args.steps is None or step < args.steps):
+        video, _ = stream.next(args.batch)
+        with torch.autocast(**amp):
+            if args.variant == "causal":
+                post = vae.encode(video).latent_dist
+                target = video
+            else:
+                x = video[:, :, fr]
+                B, C, T, H, W = x.shape
+                post = vae.encode(x.permute(0, 2, 1, 3, 4).reshape(B * T, C, 1, H, W)).latent_dist
+                target = x
+            z = post.sample()
+            if args.variant != "causal":
+                z = z[:, :, 0].reshape(B, T, z.shape[1], z.shape[3], z.shape[4]).permute(0, 2, 1, 3, 4)
+            rec = vae.decode(z).sample
+        rec = rec.float()
+        l1 = (rec - target).abs().mean()
+        mse = F.mse_loss(rec, target)
+        kl = post.kl().mean() / float(np.prod(z.shape[1:]))
+        loss = l1 + mse + args.kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        lr = args.lr * min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        step += 1
+        if step % 25 == 0 or step == 1:
+            psnr = float(-10 * torch.log10(((rec.clamp(-1, 1) - target) ** 2).mean() / 4))
+            hist.append(dict(step=step, l1=float(l1), mse=float(mse), kl=float(kl), psnr=psnr,
+                             s=round(time.time() - t0, 1)))
+            log(f"vae[{args.variant}] step {step} l1 {float(l1):.4f} psnr {psnr:.2f} kl {float(kl):.3f}")
+    # latent statistics from held-out clips -> config (WanPipeline un-normalises with them)
+    vae.eval()
+    ev = world.ClipStream(start_seed=EVAL_SEED0 + 7, device=dev)
+    fr = pixel_frames(args.variant)
+    mus, psnrs = [], []
+    with torch.no_grad(), torch.autocast(**amp):
+        for _ in range(max(1, args.eval_n // 16)):
+            video, _ = ev.next(min(16, args.eval_n))
+            mu = vae_encode(vae, video, args.variant).float()
+            mus.append(mu)
+            rec = vae.decode(mu).sample.float().clamp(-1, 1)
+            target = video if args.variant == "causal" else video[:, :, fr]
+            psnrs.append(float(-10 * torch.log10(((rec - target) ** 2).mean() / 4)))
+    mu = torch.cat(mus)
+    mean = mu.mean(dim=(0, 2, 3, 4))
+    std = mu.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
+    vae.register_to_config(latents_mean=[round(float(x), 5) for x in mean],
+                           latents_std=[round(float(x), 5) for x in std])
+    out = Path(args.out) / args.variant / "vae"
+    vae.to(torch.float32).save_pretrained(str(out), safe_serialization=True, max_shard_size="15MB")
+    rep = dict(variant=args.variant, steps=step, minutes=round((time.time() - t0) / 60, 2), batch=args.batch,
+               heldout_psnr=float(np.mean(psnrs)), params=sum(p.numel() for p in vae.parameters()),
+               latents_mean=vae.config.latents_mean, latents_std=vae.config.latents_std, history=hist,
+               device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
+    (Path(args.out) / args.variant / "vae_report.json").write_text(json.dumps(rep, indent=1))
+    log(f"vae[{args.variant}] saved {out}: {step} steps, held-out PSNR {rep['heldout_psnr']:.2f} dB")
+
+
+def finetune_decoder(args):
+    """Train only the VAE decoder (+ post_quant_conv) with the encoder frozen, so latents a DiT was
+    trained on keep their meaning. Short clips (``--frames``) and latent crops (``--crop``) keep it
+    cheap enough for a CPU."""
+    dev = _device()
+    torch.manual_seed(args.seed)
+    vae = load_vae(args.out, args.variant, dev)
+    vae.decoder.requires_grad_(True).train()
+    vae.post_quant_conv.requires_grad_(True)
+    ps = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(ps, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    stream = world.ClipStream(start_seed=args.seed * 10_000_000 + 3_000_000, num_frames=args.frames, size=SIZE,
+                              device=dev)
+    t0, step, hist = time.time(), 0, []
+    fr = pixel_frames(args.variant, args.frames)
+    while time.time() - t0 < args.minutes * 60 and (args.steps is None or step < args.steps):
+        video, _ = stream.next(args.batch)
+        with torch.no_grad():
+            z = vae_encode(vae, video, args.variant)
+        target = video if args.variant == "causal" else video[:, :, fr]
+        if args.crop:
+            c = args.crop
+            i, j = np.random.randint(0, z.shape[-1] - c + 1, size=2)
+            z = z[..., i:i + c, j:j + c]
+            target = target[..., 8 * i:8 * (i + c), 8 * j:8 * (j + c)]
+        rec = vae.decode(z).sample.float()
+        loss = (rec - target).abs().mean() + F.mse_loss(rec, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ps, 1.0)
+        opt.step()
+        step += 1
+        if step % 10 == 0 or step == 1:
+            psnr = float(-10 * torch.log10(((rec.detach().clamp(-1, 1) - target) ** 2).mean() / 4))
+            hist.append(dict(step=step, loss=float(loss), psnr=psnr, s=round(time.time() - t0, 1)))
+            log(f"decoder[{args.variant}] step {step} loss {float(loss):.4f} psnr {psnr:.2f}")
+            if step % 50 == 0:
+                _save_vae(vae, args, hist, step, t0)
+    _save_vae(vae, args, hist, step, t0)
+
+
+def _save_vae(vae, args, hist, step, t0):
+    out = Path(args.out) / args.variant
+    vae.to(torch.float32).save_pretrained(str(out / "vae"), safe_serialization=True, max_shard_size="15MB")
+    rp = out / "vae_report.json"
+    rep = json.loads(rp.read_text()) if rp.exists() else {}
+    rep["decoder_finetune"] = dict(steps=step, minutes=round((time.time() - t0) / 60, 2), frames=args.frames,
+                                   crop=args.crop, batch=args.batch, lr=args.lr, history=hist,
+                                   device=str(_device()))
+    rp.write_text(json.dumps(rep, indent=1))
+
+
+# ------------------------------------------------------------------------------------------- data
+def load_vae(out, variant, dev):
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(Path(out) / variant / "vae"), torch_dtype=torch.float32)
+    return vae.to(dev).eval().requires_grad_(False)
+
+
+def norm_stats(vae, dev):
+    m = torch.tensor(vae.config.latents_mean, device=dev).view(1, -1, 1, 1, 1)
+    s = torch.tensor(vae.config.latents_std, device=dev).view(1, -1, 1, 1, 1)
+    return m, s
+
+
+@torch.no_grad()
+def build_pool(vae, variant, tok, enc, n, seed0, dev, chunk=32, max_seconds=None):
+    """Render + encode n clips -> (latents (n,16,8,16,16) bf16 normalised, text (n,32,384) bf16, captions)."""
+    m, s = norm_stats(vae, dev)
+    stream = world.ClipStream(start_seed=seed0, device=dev)
+    lats, embs, caps = [], [], []
+    t0 = time.time()
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    done = 0
+    while done < n:
+        b = min(chunk, n - done)
+        video, cap = stream.next(b)
+        with torch.autocast(**amp):
+            mu = vae_encode(vae, video, variant).float()
+        lats.append(((mu - m) / s).to(torch.bfloat16))
+        embs.append(encode(tok, enc, cap, MAX_SEQ_LEN).to(torch.bfloat16))
+        caps += cap
+        done += b
+        if max_seconds and time.time() - t0 > max_seconds:
+            break
+    log(f"pool[{variant}] {done} clips in {time.time() - t0:.1f}s")
+    return torch.cat(lats), torch.cat(embs), caps
+
+
+# ------------------------------------------------------------------------------------ MA statistics
+def token_classes(T, h, w):
+    """Position class per video token (frame-major): 0 first latent frame, 1 boundary (first/last
+    token row of latent frames >= 1), 2 interior."""
+    f = torch.arange(T).view(T, 1, 1).expand(T, h, w)
+    r = torch.arange(h).view(1, h, 1).expand(T, h, w)
+    cls = torch.full((T, h, w), 2)
+    cls[(r == 0) | (r == h - 1)] = 1
+    cls[f == 0] = 0
+    return cls.reshape(-1)
+
+
+@torch.no_grad()
+def ma_stats(model, lat, emb, levels=NOISE_LEVELS, seed=0):
+    """Per block and noise level: top channel by peak |h|, peak, median |h|, ratio, Sun criterion,
+    and on that channel the mean |h| of first-frame / boundary / interior tokens and per latent frame."""
+    dev = lat.device
+    B, C, T, H, W = lat.shape
+    h, w = H // 2, W // 2
+    cls = token_classes(T, h, w).to(dev)
+    frame_of = torch.arange(T, device=dev).repeat_interleave(h * w)
+    row_of = torch.arange(h, device=dev).repeat_interleave(w).repeat(T)
+    outs = {}
+    hooks = [blk.register_forward_hook(lambda mod, i, o, k=k: outs.__setitem__(k, o.detach()))
+             for k, blk in enumerate(model.blocks)]
+    g = torch.Generator(device=dev).manual_seed(seed)
+    res = {}
+    try:
+        for t in levels:
+            noise = torch.randn(lat.shape, generator=g, device=dev, dtype=torch.float32)
+            xt = (1 - t) * lat.float() + t * noise
+            amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+            with torch.autocast(**amp):
+                model(xt, torch.full((B,), t * 1000.0, device=dev), emb.float(), return_dict=False)
+            per_block = []
+            for k in range(len(model.blocks)):
+                a = outs[k].float().abs()  # B, L, D
+                peak_c = a.amax(dim=(0, 1))
+                c = int(peak_c.argmax())
+                med = float(a.median())
+                peak = float(peak_c[c])
+                ch = a[:, :, c]  # B, L
+                cm = [float(ch[:, cls == j].mean()) for j in range(3)]
+                chan_mean = a.mean(dim=(0, 1))
+                cm2 = int(chan_mean.argmax())
+                second = float(peak_c.topk(2).values[1])
+                per_block.append(dict(
+                    block=k, top_channel=c, peak=peak, median=med, peak_over_median=peak / max(med, 1e-12),
+                    second_peak=second, channel_median=float(ch.median()),
+                    channel_median_over_median=float(ch.median()) / max(med, 1e-12),
+                    channel_peak_over_channel_mean=peak / max(float(ch.mean()), 1e-12),
+                    top_channel_by_mean=cm2,
+                    sun_criterion=bool(peak > 100 and peak / max(med, 1e-12) >= 1000),
+                    first=cm[0], boundary=cm[1], interior=cm[2],
+                    first_over_interior=cm[0] / max(cm[2], 1e-12), boundary_over_interior=cm[1] / max(cm[2], 1e-12),
+                    per_frame=[float(ch[:, frame_of == f].mean()) for f in range(T)],
+                    per_row=[float(ch[:, (row_of == r) & (frame_of > 0)].mean()) for r in range(h)],
+                ))
+            res[str(t)] = per_block
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return res
+
+
+def summarize_ma(stats):
+    """One line per noise level: max ratio over blocks, mid-block ratio, hierarchy at the mid block."""
+    parts = []
+    for t, blocks in stats.items():
+        mid = blocks[len(blocks) // 2]
+        best = max(b["peak_over_median"] for b in blocks)
+        parts.append(f"t={t}: max {best:.0f}x mid(b{mid['block']},c{mid['top_channel']}) {mid['peak_over_median']:.0f}x "
+                     f"f/i {mid['first_over_interior']:.2f} b/i {mid['boundary_over_interior']:.2f}")
+    return " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------- DiT
+def _flat_state(sd, prefix):
+    return {f"{prefix}{k}": v.detach().contiguous() for k, v in sd.items()}
+
+
+def save_ckpt(path, model, ema, opt, state):
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(_flat_state(model.state_dict(), ""), str(path / "model.safetensors"))
+    save_file(_flat_state(ema, ""), str(path / "ema.safetensors"))
+    osd = opt.state_dict()
+    flat = {}
+    for pid, st in osd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                flat[f"{pid}.{k}"] = v.detach().float().contiguous().reshape(-1) if v.dim() == 0 else v.detach().contiguous()
+    save_file(flat, str(path / "optim.safetensors"))
+    tmp = path / "state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path / "state.json")
+
+
+def load_ckpt(path, model, ema, opt, dev):
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(dev)))
+    e = load_file(str(path / "ema.safetensors"), device=str(dev))
+    for k in ema:
+        ema[k].copy_(e[k])
+    if (path / "optim.safetensors").exists():
+        flat = load_file(str(path / "optim.safetensors"), device=str(dev))
+        osd = opt.state_dict()
+        st = {}
+        for key, v in flat.items():
+            pid, name = key.split(".", 1)
+            st.setdefault(int(pid), {})[name] = v.reshape(()) if name == "step" else v
+        osd["state"] = st
+        opt.load_state_dict(osd)
+    return state
+
+
+def export_transformer(ema, out_dir, dtype=torch.bfloat16):
+    m = make_dit()
+    m.load_state_dict({k: v.float().cpu() for k, v in ema.items()})
+    m.to(dtype).save_pretrained(str(out_dir), safe_serialization=True, max_shard_size="15MB")
+    return m
+
+
+def train_dit(args):
+    dev = _device()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    ckpt = Path(args.ckpt) if args.ckpt else out / args.variant / "ckpt"
+    tok, enc = load_text_encoder(args.text_encoder_dir, device=dev, dtype=torch.float32)
+    vae = load_vae(out, args.variant, dev)
+    pool_seed = args.seed * 10_000_000 + 5_000_000  # same clips for both variants
+    lat, emb, caps = build_pool(vae, args.variant, tok, enc, args.pool, pool_seed, dev,
+                                chunk=args.encode_chunk, max_seconds=args.pool_seconds)
+    N = lat.shape[0]
+    ev_lat, ev_emb, ev_caps = build_pool(vae, args.variant, tok, enc, args.eval_clips, EVAL_SEED0, dev)
+    empty = encode(tok, enc, [""], MAX_SEQ_LEN).to(torch.bfloat16)  # (1,32,384)
+
+    model = make_dit().to(dev).train()
+    nparam = sum(p.numel() for p in model.parameters())
+    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.wd, eps=1e-8)
+    state = dict(step=0, elapsed_s=0.0, history=[], ma_history=[], variant=args.variant, args=vars(args))
+    if (ckpt / "state.json").exists() and not args.fresh:
+        state = load_ckpt(ckpt, model, ema, opt, dev)
+        log(f"resumed {ckpt} at step {state['step']} ({state['elapsed_s'] / 60:.1f} min trained)")
+    fwd = model
+    if args.compile and dev.type == "cuda":
+        try:
+            fwd = torch.compile(model, dynamic=False)
+        except Exception as e:  # pragma: no cover
+            log("torch.compile failed, eager:", repr(e)[:200])
+            fwd = model
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    t_start = time.time()
+    last_ckpt = time.time()
+    loss_acc, n_acc = 0.0, 0
+    params = dict(model.named_parameters())
+    bufs = dict(model.named_buffers())
+    ema_keys = [k for k in ema if k in params or k in bufs]
+    ema_list = [ema[k] for k in ema_keys]
+    src_list = [params[k] if k in params else bufs[k] for k in ema_keys]
+
+    def one_step(step):
+        nonlocal fwd
+        g = torch.Generator(device=dev).manual_seed(args.seed * 1_000_003 + step)
+        image_step = args.image_every > 0 and step % args.image_every == args.image_every - 1
+        B = args.batch * (args.image_batch_mult if image_step else 1)
+        idx = torch.randint(0, N, (B,), generator=g, device=dev)
+        x0 = lat[idx].float()
+        if image_step:
+            x0 = x0[:, :, :1]
+        e = emb[idx]
+        drop = torch.rand(B, generator=g, device=dev) < args.cfg_drop
+        e = torch.where(drop[:, None, None], empty.expand(B, -1, -1), e).float()
+        t = torch.sigmoid(torch.randn(B, generator=g, device=dev) * args.t_std + args.t_mean)
+        noise = torch.randn(x0.shape, generator=g, device=dev)
+        tt = t.view(B, 1, 1, 1, 1)
+        xt = (1 - tt) * x0 + tt * noise
+        with torch.autocast(**amp):
+            pred = fwd(xt, t * 1000.0, e, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        opt.step()
+        with torch.no_grad():
+            d = min(args.ema, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema_list, [x.detach() for x in src_list], 1 - d)
+        return loss, gn
+
+    def snapshot_ma(tag):
+        model.eval()
+        st = ma_stats(model, ev_lat[:args.ma_clips], ev_emb[:args.ma_clips], seed=123)
+        model.train()
+        rec = dict(step=state["step"], tag=tag, minutes=round(state["elapsed_s"] / 60, 2), stats=st)
+        state["ma_history"].append(compact_ma(rec))
+        log(f"MA step {state['step']}: {summarize_ma(st)}")
+        return st
+
+    if state["step"] == 0:
+        snapshot_ma("init")
+    budget = args.minutes * 60
+    chunk_start = time.time()  # the wall-clock budget of this chunk counts from here, never reset
+    import signal
+
+    def _term(signum, frame):  # SIGTERM/SIGINT -> leave the loop through `finally` (checkpoint saved)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    log(f"dit[{args.variant}] {nparam / 1e6:.2f} M params, pool {N}, batch {args.batch}, budget {args.minutes} min")
+    step = state["step"]
+    try:
+        while True:
+            now = time.time()
+            if now - chunk_start >= budget or (args.steps is not None and step >= args.steps):
+                break
+            try:
+                loss, gn = one_step(step)
+            except Exception as ex:
+                if fwd is not model:
+                    log("compiled step failed, falling back to eager:", repr(ex)[:300])
+                    fwd = model
+                    loss, gn = one_step(step)
+                else:
+                    raise
+            step += 1
+            state["step"] = step
+            if step % args.log_every == 0:
+                el = state["elapsed_s"] + time.time() - t_start
+                state["history"].append(dict(step=step, loss=float(loss), grad_norm=float(gn), min=round(el / 60, 3)))
+                log(f"step {step} loss {float(loss):.4f} gn {float(gn):.2f} {step / max(el, 1e-9):.1f} st/s(avg)")
+            if args.ma_every and step % args.ma_every == 0:
+                state["elapsed_s"] += time.time() - t_start
+                t_start = time.time()
+                snapshot_ma("train")
+            if time.time() - last_ckpt > args.ckpt_minutes * 60:
+                state["elapsed_s"] += time.time() - t_start
+                t_start = time.time()
+                save_ckpt(ckpt, model, ema, opt, state)
+                last_ckpt = time.time()
+                log(f"checkpoint {ckpt} step {step}")
+    finally:
+        state["elapsed_s"] += time.time() - t_start
+        t_start = time.time()
+        save_ckpt(ckpt, model, ema, opt, state)
+        log(f"checkpoint {ckpt} step {step} ({state['elapsed_s'] / 60:.1f} min)")
+
+    # ---- final: export EMA weights, full MA statistics on the EMA model, sample quality
+    tdir = out / args.variant / "transformer"
+    shipped = export_transformer(ema, tdir)
+    ev_model = shipped.to(dev, torch.float32).eval()
+    final = ma_stats(ev_model, ev_lat, ev_emb, levels=(0.99, 0.9, 0.7, 0.5, 0.3, 0.1), seed=7)
+    log(f"final MA (EMA weights): {summarize_ma(final)}")
+    raw_final = ma_stats(model.eval(), ev_lat, ev_emb, levels=(0.9, 0.5, 0.1), seed=7)
+    report = dict(variant=args.variant, params=nparam, steps=step, trained_minutes=round(state["elapsed_s"] / 60, 2),
+                  batch=args.batch, image_every=args.image_every, image_batch_mult=args.image_batch_mult,
+                  cfg_drop=args.cfg_drop, lr=args.lr, pool_clips=N, eval_clips=len(ev_caps),
+                  device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+                  position_classes="first = latent frame 0 (all tokens); boundary = first and last token rows "
+                                   "of each latent frame >= 1; interior = the other tokens of frames >= 1",
+                  ma_final_ema=final, ma_final_raw=raw_final, ma_history=state["ma_history"],
+                  loss_history=state["history"])
+    if args.sample_eval:
+        try:
+            kw = dict(num_inference_steps=args.sample_steps) if args.sample_steps else {}
+            report["samples"] = sample_eval(out, args.variant, dev, args.text_encoder_dir,
+                                            prompts=world.EVAL_PROMPTS[:args.sample_prompts], **kw)
+            log(f"samples: {report['samples']['summary']}")
+        except Exception as ex:  # sampling is a bonus here; CPU eval can redo it
+            log("sample eval failed:", repr(ex)[:300])
+    (out / args.variant / "train_report.json").write_text(json.dumps(report, indent=1))
+    log(f"wrote {out / args.variant}")
+
+
+def compact_ma(rec):
+    """Small per-snapshot summary for the curves."""
+    c = dict(step=rec["step"], minutes=rec["minutes"], tag=rec["tag"])
+    for t, blocks in rec["stats"].items():
+        c[t] = [dict(block=b["block"], ch=b["top_channel"], ratio=round(b["peak_over_median"], 2),
+                     peak=round(b["peak"], 3), f_i=round(b["first_over_interior"], 4),
+                     b_i=round(b["boundary_over_interior"], 4)) for b in blocks]
+    return c
+
+
+def sample_eval(out, variant, dev, text_dir=None, prompts=None, seed=0, **kw):
+    """Generate one clip per evaluation prompt with the stock pipeline; score with the detector."""
+    from . import DEFAULTS, load_pipeline
+    from .detect import score_clip
+
+    if text_dir:
+        os.environ["STAS_MINILM_DIR"] = str(text_dir)
+    pipe = load_pipeline(variant, device=dev, dtype=torch.float32, root=out)
+    prompts = prompts or world.EVAL_PROMPTS
+    call = dict(DEFAULTS[variant], **kw)
+    res = []
+    for i, p in enumerate(prompts):
+        g = torch.Generator(device="cpu").manual_seed(seed + i)
+        v = pipe(prompt=p, generator=g, output_type="pt", **call).frames[0]  # F,3,H,W in [0,1]
+        sc = score_clip(v.float().cpu(), p)
+        res.append(dict(prompt=p, ok=sc["ok"], colour_ok=sc["colour_ok"], persist_ok=sc["persist_ok"],
+                        objects=sc["objects"]))
+    summ = dict(n=len(res), ok=float(np.mean([r["ok"] for r in res])),
+                colour_ok=float(np.mean([r["colour_ok"] for r in res])),
+                persist_ok=float(np.mean([r["persist_ok"] for r in res])),
+                motion_ok=float(np.mean([o["motion_ok"] for r in res for o in r["objects"] if o["motion_ok"] is not None] or [0])),
+                call=call)
+    return dict(summary=summ, clips=res)
+
+
+# ---------------------------------------------------------------------------------------- report
+def make_figure(out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    reps = {v: json.loads((out / v / "train_report.json").read_text()) for v in VARIANTS
+            if (out / v / "train_report.json").exists()}
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for v, r in reps.items():
+        h = r["loss_history"]
+        s = np.array([x["step"] for x in h])
+        l = np.array([x["loss"] for x in h])
+        k = max(1, len(l) // 50)
+        ls = np.convolve(l, np.ones(k) / k, mode="valid")
+        ax[0].plot(s[k - 1:], ls, label=v)
+        mh = r["ma_history"]
+        for t, style in (("0.9", "-"), ("0.5", "--"), ("0.1", ":")):
+            steps = [m["step"] for m in mh if t in m]
+            mid = [max(b["ratio"] for b in m[t]) for m in mh if t in m]
+            ax[1].plot(steps, mid, style, label=f"{v} t={t}")
+            fi = [m[t][len(m[t]) // 2]["f_i"] for m in mh if t in m]
+            bi = [m[t][len(m[t]) // 2]["b_i"] for m in mh if t in m]
+            if t == "0.9":
+                ax[2].plot(steps, fi, "-", label=f"{v} first/interior (t=0.9, mid block)")
+                ax[2].plot(steps, bi, "--", label=f"{v} boundary/interior (t=0.9, mid block)")
+    ax[0].set(title="flow-matching loss (smoothed)", xlabel="step", yscale="log")
+    ax[1].set(title="top MA channel peak / median |h| (max over blocks)", xlabel="step")
+    ax[2].set(title="position hierarchy on the MA channel", xlabel="step")
+    for a in ax:
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "train_curves.png", dpi=110)
+    return out / "train_curves.png"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m stas.house.train")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("vae")
+    v.add_argument("--variant", choices=VARIANTS, default="causal")
+    v.add_argument("--minutes", type=float, default=2.0)
+    v.add_argument("--steps", type=int, default=None)
+    v.add_argument("--batch", type=int, default=32)
+    v.add_argument("--frames", type=int, default=9, help="frames per training clip (1 + 4k)")
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--kl", type=float, default=1e-4)
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--eval-n", type=int, default=64)
+    v.add_argument("--out", default="data/house")
+    f = sub.add_parser("decoder", help="fine-tune the VAE decoder with the encoder frozen")
+    f.add_argument("--variant", choices=VARIANTS, default="causal")
+    f.add_argument("--minutes", type=float, default=10.0)
+    f.add_argument("--steps", type=int, default=None)
+    f.add_argument("--batch", type=int, default=2)
+    f.add_argument("--frames", type=int, default=9)
+    f.add_argument("--crop", type=int, default=8, help="latent crop side (0: full frame)")
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--seed", type=int, default=2)
+    f.add_argument("--out", default="data/house")
+    d = sub.add_parser("dit")
+    d.add_argument("--variant", choices=VARIANTS, default="causal")
+    d.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of this chunk")
+    d.add_argument("--steps", type=int, default=None, help="stop at this total step count")
+    d.add_argument("--batch", type=int, default=128)
+    d.add_argument("--image-every", type=int, default=4, help="every k-th step is an image step (0: never)")
+    d.add_argument("--image-batch-mult", type=int, default=4)
+    d.add_argument("--cfg-drop", type=float, default=0.1)
+    d.add_argument("--lr", type=float, default=3e-4)
+    d.add_argument("--wd", type=float, default=0.0)
+    d.add_argument("--clip", type=float, default=1.0)
+    d.add_argument("--warmup", type=int, default=300)
+    d.add_argument("--ema", type=float, default=0.999)
+    d.add_argument("--t-mean", type=float, default=0.0)
+    d.add_argument("--t-std", type=float, default=1.0)
+    d.add_argument("--pool", type=int, default=32768)
+    d.add_argument("--pool-seconds", type=float, default=None)
+    d.add_argument("--encode-chunk", type=int, default=64)
+    d.add_argument("--eval-clips", type=int, default=16)
+    d.add_argument("--ma-clips", type=int, default=8)
+    d.add_argument("--ma-every", type=int, default=500)
+    d.add_argument("--log-every", type=int, default=50)
+    d.add_argument("--ckpt", default=None)
+    d.add_argument("--ckpt-minutes", type=float, default=3.0)
+    d.add_argument("--fresh", action="store_true")
+    d.add_argument("--no-compile", dest="compile", action="store_false")
+    d.add_argument("--no-sample-eval", dest="sample_eval", action="store_false")
+    d.add_argument("--text-encoder-dir", default=None)
+    d.add_argument("--sample-prompts", type=int, default=16)
+    d.add_argument("--sample-steps", type=int, default=None)
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--out", default="data/house")
+    r = sub.add_parser("report")
+    r.add_argument("--out", default="data/house")
+    a = ap.parse_args(argv)
+    if a.cmd == "vae":
+        train_vae(a)
+    elif a.cmd == "decoder":
+        finetune_decoder(a)
+    elif a.cmd == "dit":
+        train_dit(a)
+    else:
+        print(make_figure(a.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""House model tests (CPU, fast): world determinism and ground truth, VAE causality, shipped weights."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stas.house import world
+from stas.house.detect import detect, score_clip
+
+
+def test_world_deterministic():
+    v1, c1, g1 = world.sample_clip(11)
+    v2, c2, g2 = world.sample_clip(11)
+    v3, c3, _ = world.sample_clip(12)
+    assert v1.shape == (29, 3, 128, 128)
+    assert torch.equal(v1, v2) and c1 == c2 and g1 == g2
+    assert not torch.equal(v1, v3)
+    assert float(v1.min()) >= 0.0 and float(v1.max()) <= 1.0
+
+
+def test_ground_truth_matches_detector():
+    n_checked = 0
+    for seed in range(6):
+        video, caption, gt = world.sample_clip(seed, num_frames=9)
+        ob = gt["objects"][0]
+        assert ob["colour"] in caption and len(ob["position"]) == 9
+        det = detect(video, ob["colour"])
+        for f in range(9):
+            if ob["visibility"][f] > 0.98:
+                assert det[f]["present"]
+                dx = det[f]["centroid"][0] - ob["position"][f][0]
+                dy = det[f]["centroid"][1] - ob["position"][f][1]
+                assert math.hypot(dx, dy) < 1.5
+                n_checked += 1
+    assert n_checked >= 30
+
+
+def test_motion_and_parse():
+    objs = world.parse_prompt("a white square moves right past a red circle")
+    assert objs == [dict(colour="white", shape="square", motion="right"),
+                    dict(colour="red", shape="circle", motion="still")]
+    # a rendered clip scores ok against its own caption for most seeds
+    oks = [score_clip(world.sample_clip(s, num_frames=9)[0], world.sample_clip(s, num_frames=9)[1])["ok"]
+           for s in range(8)]
+    assert sum(oks) >= 7
+
+
+def test_vae_causality():
+    from stas.house.models import make_vae
+
+    torch.manual_seed(0)
+    vae = make_vae("causal").eval()
+    x = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z1 = vae.encode(x).latent_dist.mode()
+        x2 = x.clone()
+        x2[:, :, 5] = -x2[:, :, 5]
+        z2 = vae.encode(x2).latent_dist.mode()
+    assert z1.shape == (1, 16, 3, 4, 4)  # 1 + (9-1)/4 latent frames, /8 spatial
+    assert torch.equal(z1[:, :, 0], z2[:, :, 0])  # frame 5 cannot reach latent frame 0
+    assert not torch.allclose(z1[:, :, 2], z2[:, :, 2])  # it does reach latent frame 2 (frames 5-8)
+
+
+def _shipped(variant):
+    from stas.house import variant_dir
+
+    d = variant_dir(variant)
+    if not (d / "transformer").is_dir():
+        pytest.skip(f"no shipped weights for {variant}")
+    return d
+
+
+def test_shipped_vae_shapes_and_causality():
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(str(_shipped("causal") / "vae"))
+    video, _, _ = world.sample_clip(3, num_frames=9)
+    x = (video.permute(1, 0, 2, 3)[None] * 2 - 1)
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mode()
+        x2 = x.clone()
+        x2[:, :, 5] = 0
+        z2 = vae.encode(x2).latent_dist.mode()
+        rec = vae.decode(z).sample
+    assert z.shape == (1, 16, 3, 16, 16)
+    assert torch.equal(z[:, :, 0], z2[:, :, 0])
+    psnr = -10 * torch.log10(((rec.clamp(-1, 1) - x) ** 2).mean() / 4)
+    # measured 18.9 dB on held-out clips: the shipped VAE is under-trained (1.5 GPU minutes), see
+    # data/house/README.md; this guards against a broken or mismatched checkpoint, not for quality
+    assert float(psnr) > 16.0
+
+
+def test_shipped_pipeline_generates():
+    from stas.house import load_pipeline
+
+    _shipped("causal")
+    pipe = load_pipeline("causal", device="cpu")
+    kw = dict(height=128, width=128, num_frames=5, num_inference_steps=2, guidance_scale=3.0,
+              max_sequence_length=32, output_type="pt")
+    a = pipe(prompt="a red square moves left", generator=torch.Generator().manual_seed(0), **kw).frames[0]
+    b = pipe(prompt="a red square moves left", generator=torch.Generator().manual_seed(0), **kw).frames[0]
+    assert a.shape == (5, 3, 128, 128)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b)
+    assert float(a.std()) > 0.005
+
+
+def test_shipped_uniform_pipeline_frames():
+    from stas.house import load_pipeline
+
+    _shipped("uniform")
+    pipe = load_pipeline("uniform", device="cpu")
+    v = pipe(prompt="a blue circle moves right", num_frames=5, height=128, width=128, num_inference_steps=1,
+             guidance_scale=1.0, max_sequence_length=32, output_type="pt",
+             generator=torch.Generator().manual_seed(0)).frames[0]
+    assert v.shape == (2, 3, 128, 128)  # per-frame VAE: one output frame per latent frame (pixel frames 0, 4)
