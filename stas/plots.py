@@ -1,0 +1,564 @@
+"""Figures of the notebooks, one function per figure type; each returns the matplotlib `Figure`.
+
+A leaf module: numpy / torch / matplotlib / seaborn, and `stas.layout` types. Inputs are plain arrays
+(computed by `stas.hierarchy` or read from a `Recording`), so every figure can be redrawn from saved
+statistics. `save_figure(fig, name)` writes ``figures/<name>.png`` and ``.pdf`` (300 dpi, tight);
+the folder is the repo's ``figures/`` unless ``$STAS_FIGURES`` names another.
+
+Colours: position classes use one fixed palette everywhere (first frame / boundary / interior),
+latent frames a sequential one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Patch, Rectangle
+
+from .layout import POSITION_CLASSES, TokenLayout, pixel_frames_of
+
+CLASS_COLORS = {"first_frame": "#d95f02", "boundary": "#7570b3", "interior": "#1b9e77"}
+CLASS_LABELS = {"first_frame": "first latent frame", "boundary": "boundary", "interior": "interior"}
+RC = {
+    "figure.dpi": 110, "savefig.dpi": 300, "savefig.bbox": "tight", "font.family": "sans-serif",
+    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
+    "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": False,
+    "legend.frameon": False, "image.cmap": "viridis", "pdf.fonttype": 42,
+}
+
+
+@contextlib.contextmanager
+def style():
+    """Context with the paper-like rcParams (clean sans-serif, 300 dpi saves, tight boxes)."""
+    with plt.rc_context(RC):
+        yield
+
+
+def use_style():
+    """Apply the rcParams globally (notebooks call it once)."""
+    plt.rcParams.update(RC)
+
+
+def figures_dir() -> Path:
+    d = Path(os.environ.get("STAS_FIGURES") or Path(__file__).resolve().parents[1] / "figures")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def save_figure(fig, name: str, dpi: int | None = None) -> list[Path]:
+    """Write ``<figures>/<name>.png`` and ``.pdf`` (``dpi`` default 300, or ``$STAS_FIGURE_DPI``);
+    returns both paths."""
+    dpi = dpi or int(os.environ.get("STAS_FIGURE_DPI", 300))
+    out = []
+    for ext in ("png", "pdf"):
+        p = figures_dir() / f"{name}.{ext}"
+        fig.savefig(p, dpi=dpi, bbox_inches="tight")
+        out.append(p)
+    return out
+
+
+def _np(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=float)
+
+
+# --------------------------------------------------------------------------------------------------
+def token_layout(layout: TokenLayout, boundary_width: int = 1, unit: str = "tokens", max_frames: int = 8):
+    """Diagram: pixel frames grouped into latent frames (top), and each latent frame's token grid in
+    sequence order coloured by position class (bottom), with the sequence index range of each frame."""
+    with style():
+        F = min(layout.frames, max_frames)
+        masks = {k: v.numpy() for k, v in layout.position_masks(boundary_width, unit).items()}
+        cls = np.zeros(layout.num_tokens, int)
+        for i, k in enumerate(POSITION_CLASSES):
+            cls[masks[k]] = i
+        grid = cls.reshape(layout.frames, layout.height, layout.width)
+        fig = plt.figure(figsize=(1.3 * F + 0.6, 3.1))
+        gs = fig.add_gridspec(2, F, height_ratios=[0.45, 2.0], hspace=0.15, wspace=0.12)
+        lat_cmap = plt.get_cmap("Blues")
+        r = layout.temporal_factor
+        for f in range(F):
+            ax = fig.add_subplot(gs[0, f])
+            px = list(pixel_frames_of(f, r))
+            slots = r if f else 1
+            for j, p in enumerate(px):
+                ax.add_patch(Rectangle((j + (r - slots) / 2, 0), 0.85, 0.85,
+                                       color=lat_cmap(0.35 + 0.6 * f / max(F - 1, 1))))
+                ax.text(j + (r - slots) / 2 + 0.42, 0.42, str(p), ha="center", va="center", fontsize=6,
+                        color="white")
+            ax.set_xlim(0, r)
+            ax.set_ylim(0, 1)
+            ax.axis("off")
+            ax.set_title(f"latent {f}\npx {px[0]}" + (f"-{px[-1]}" if len(px) > 1 else ""), fontsize=7)
+            ax2 = fig.add_subplot(gs[1, f])
+            colors = [CLASS_COLORS[k] for k in POSITION_CLASSES]
+            ax2.imshow(grid[f], cmap=matplotlib.colors.ListedColormap(colors), vmin=0, vmax=2)
+            span = layout.frame_span(f)
+            ax2.set_xticks([])
+            ax2.set_yticks([])
+            ax2.set_xlabel(f"tokens {span.start}-{span.stop - 1}", fontsize=6)
+            for sp in ax2.spines.values():
+                sp.set_visible(False)
+            if layout.height * layout.width <= 256:
+                ax2.set_xticks(np.arange(-0.5, layout.width), minor=True)
+                ax2.set_yticks(np.arange(-0.5, layout.height), minor=True)
+                ax2.grid(which="minor", color="white", lw=0.4)
+                ax2.tick_params(which="minor", length=0)
+        fig.legend(handles=[Patch(color=CLASS_COLORS[k], label=CLASS_LABELS[k]) for k in POSITION_CLASSES],
+                   loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.08))
+        fig.suptitle(f"{layout.num_pixel_frames} pixel frames -> {layout.latent_frames} latent frames -> "
+                     f"{layout.num_tokens} tokens ({layout.height}x{layout.width} per frame, row-major; "
+                     f"boundary = {boundary_width} {unit})", fontsize=8, y=1.04)
+    return fig
+
+
+def video_strip(video, frames=None, temporal_factor: int = 4, title: str | None = None, ncols: int | None = None):
+    """Frames of a clip (F, 3, H, W) in [0, 1], labelled with pixel and latent frame."""
+    v = _np(video)
+    frames = list(range(0, v.shape[0], max(1, v.shape[0] // 8))) if frames is None else list(frames)
+    n = len(frames)
+    ncols = ncols or n
+    nrows = -(-n // ncols)
+    with style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(1.25 * ncols, 1.4 * nrows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, f in zip(axes.flat, frames):
+            ax.imshow(np.clip(v[f].transpose(1, 2, 0), 0, 1))
+            lat = 0 if f == 0 else (f - 1) // temporal_factor + 1
+            ax.set_title(f"px {f} | lat {lat}", fontsize=7)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def layerwise_topk(top, median, blocks=None, title: str | None = None, channels=None):
+    """Sun et al.'s layerwise plot: top-1/2/3 |h| and the median per block (log scale)."""
+    top, median = _np(top), _np(median)
+    blocks = list(range(len(median))) if blocks is None else list(blocks)
+    with style():
+        fig, ax = plt.subplots(figsize=(4.2, 2.8))
+        for i, c in zip(range(top.shape[1]), ["#d62728", "#ff7f0e", "#2ca02c"]):
+            ax.plot(blocks, top[:, i], "o-", color=c, ms=3.5, label=f"top {i + 1}")
+        ax.plot(blocks, median, "s--", color="#555555", ms=3, label="median")
+        ax.set_yscale("log")
+        ax.set_xlabel("block")
+        ax.set_ylabel("|h| (block output)")
+        ax.set_xticks(blocks)
+        if channels is not None:
+            ch = _np(channels).astype(int)
+            for b, y, c in zip(blocks, top[:, 0], ch[:, 0]):
+                ax.annotate(f"c{c}", (b, y), textcoords="offset points", xytext=(0, 4), fontsize=6,
+                            ha="center", color="#d62728")
+        ax.legend(loc="center right")
+        ax.set_title(title or "largest activations vs median, per block")
+    return fig
+
+
+def activation_3d(h, channels=(), token_stride: int = 4, title: str | None = None, zmax=None):
+    """3D wireframe of |h| over tokens x channels of one block output h (L, D), MA channels labelled."""
+    a = np.abs(_np(h))
+    L, D = a.shape
+    a = a[::token_stride]
+    T, C = np.meshgrid(np.arange(0, L, token_stride), np.arange(D), indexing="ij")
+    with style():
+        fig = plt.figure(figsize=(5.0, 3.8))
+        ax = fig.add_subplot(projection="3d")
+        ax.plot_wireframe(C, T, a, rstride=1, cstride=1, linewidth=0.12, color="#1f4e79", alpha=0.8)
+        top = a.max()
+        for i, c in enumerate(channels):   # labels staggered so neighbouring channels stay readable
+            ax.plot([c, c], [L * (0.2 + 0.25 * i)] * 2, [a[:, c].max(), top * (1.12 + 0.12 * i)], color="#d62728", lw=0.6)
+            ax.text(c, L * (0.2 + 0.25 * i), top * (1.14 + 0.12 * i), f"ch {c}", color="#d62728", fontsize=7)
+        ax.set_xlabel("channel")
+        ax.set_ylabel("token")
+        ax.set_zlabel("|h|")
+        if zmax is not None:
+            ax.set_zlim(0, zmax)
+        ax.view_init(elev=22, azim=-60)
+        ax.set_title(title or "|h| over tokens x channels")
+    return fig
+
+
+def position_class_bars(table: dict, title: str | None = None, ylabel: str = "mean |h|"):
+    """Bars of the class means with every run as a dot (spread across prompts and seeds).
+
+    ``table``: ``{label: class_table_result}`` (from `stas.hierarchy.class_table`), one group per label
+    (e.g. per channel)."""
+    labels = list(table)
+    with style():
+        fig, axes = plt.subplots(1, len(labels), figsize=(2.3 * len(labels) + 0.4, 2.8), squeeze=False)
+        rng = np.random.default_rng(0)
+        for ax, lab in zip(axes[0], labels):
+            t = table[lab]
+            for i, k in enumerate(POSITION_CLASSES):
+                pr = np.asarray(t["per_run"][k], float)
+                ax.bar(i, np.nanmean(pr), color=CLASS_COLORS[k], alpha=0.8, width=0.7)
+                ax.errorbar(i, np.nanmean(pr), yerr=np.nanstd(pr, ddof=1) if len(pr) > 1 else 0, color="k",
+                            capsize=3, lw=0.8)
+                ax.scatter(i + rng.uniform(-0.18, 0.18, len(pr)), pr, s=6, color="k", alpha=0.5, zorder=3)
+            ax.set_xticks(range(3))
+            ax.set_xticklabels(["first", "boundary", "interior"])
+            ax.set_title(f"{lab}\nfirst/int {t['first/interior']['mean']:.2f}, bnd/int "
+                         f"{t['boundary/interior']['mean']:.2f}", fontsize=8)
+        axes[0, 0].set_ylabel(ylabel)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def frame_row_heatmap(values, title: str | None = None, cbar: str = "mean |h|", xlabel: str = "token row",
+                      annotate: bool = True):
+    """Heatmap over (latent frame x token row) (or any 2D array with frames on the rows)."""
+    v = _np(values)
+    with style():
+        fig, ax = plt.subplots(figsize=(0.45 * v.shape[1] + 1.8, 0.35 * v.shape[0] + 1.0))
+        import seaborn as sns
+
+        sns.heatmap(v, ax=ax, cmap="magma", annot=annotate and v.size <= 160, fmt=".2g",
+                    annot_kws={"fontsize": 6}, cbar_kws={"label": cbar})
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("latent frame")
+        ax.set_title(title or "MA magnitude by latent frame and token row")
+    return fig
+
+
+def token_curve(values, layout: TokenLayout, title: str | None = None, ylabel: str = "|h| on MA channel",
+                boundary_width: int = 0, unit: str = "tokens"):
+    """Per-token magnitude along the sequence; ``values`` (L,) or (R, L) (mean line, min-max band).
+    Latent-frame boundaries are dashed lines, frame 0 shaded; with ``boundary_width`` the boundary
+    class is marked."""
+    v = _np(values)
+    v = v[None] if v.ndim == 1 else v.reshape(-1, v.shape[-1])
+    x = np.arange(v.shape[1])
+    with style():
+        fig, ax = plt.subplots(figsize=(7.0, 2.4))
+        ax.axvspan(-0.5, layout.tokens_per_frame - 0.5, color=CLASS_COLORS["first_frame"], alpha=0.08)
+        if boundary_width:
+            m = layout.position_masks(boundary_width, unit)["boundary"].numpy()
+            ax.scatter(x[m], v.mean(0)[m], s=6, color=CLASS_COLORS["boundary"], zorder=3, label="boundary tokens")
+        if v.shape[0] > 1:
+            ax.fill_between(x, v.min(0), v.max(0), color="#1f77b4", alpha=0.2, lw=0, label="min-max over runs")
+        ax.plot(x, v.mean(0), lw=0.7, color="#1f77b4", label="mean" if v.shape[0] > 1 else None)
+        for f in range(1, layout.frames):
+            ax.axvline(f * layout.tokens_per_frame - 0.5, color="k", ls="--", lw=0.5, alpha=0.6)
+        ax.set_xlim(-0.5, v.shape[1] - 0.5)
+        ax.set_xlabel("token index (latent frames separated by dashed lines)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title or "per-token magnitude along the sequence")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", ncol=3)
+    return fig
+
+
+def block_step_heatmaps(panels: dict, blocks=None, steps=None, title: str | None = None, center=None,
+                        ncols: int = 2):
+    """One heatmap per entry of ``panels`` ({name: (NB, S) array}), blocks on rows, steps on columns."""
+    import seaborn as sns
+
+    names = list(panels)
+    nc = min(ncols, len(names))
+    nr = -(-len(names) // nc)
+    with style():
+        fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc, 2.9 * nr), squeeze=False)
+        for ax in axes.flat[len(names):]:
+            ax.axis("off")
+        for ax, n in zip(axes.flat, names):
+            a = _np(panels[n])
+            sns.heatmap(a, ax=ax, cmap="rocket" if center is None else "vlag", center=center,
+                        annot=a.size <= 100, fmt=".2f", annot_kws={"fontsize": 5.5},
+                        xticklabels=list(steps) if steps is not None else "auto",
+                        yticklabels=list(blocks) if blocks is not None else "auto")
+            ax.set_xlabel("denoising step")
+            ax.set_ylabel("block")
+            ax.set_title(n)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def cfg_branches(series: dict, x=None, xlabel: str = "block", title: str | None = None, logy: bool = False,
+                 ncols: int = 3):
+    """CFG branches compared: one panel per entry of ``series`` ({panel: {branch: (n,) array}})."""
+    names = list(series)
+    nc = min(ncols, len(names))
+    nr = -(-len(names) // nc)
+    with style():
+        fig, axes = plt.subplots(nr, nc, figsize=(3.0 * nc, 2.5 * nr), squeeze=False)
+        for ax in axes.flat[len(names):]:
+            ax.axis("off")
+        for ax, n in zip(axes.flat, names):
+            for (br, y), c, mk in zip(series[n].items(), ["#1f77b4", "#ff7f0e", "#2ca02c"], ["o-", "s--", "^:"]):
+                y = _np(y)
+                ax.plot(np.arange(len(y)) if x is None else x, y, mk, color=c, ms=3, label=br)
+            ax.set_xlabel(xlabel)
+            ax.set_title(n, fontsize=8)
+            if logy:
+                ax.set_yscale("log")
+        axes[0, 0].legend()
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def boundary_width(estimates: dict, title: str | None = None):
+    """Boundary-width estimate: mean relative elevation over the frame interior by in-frame position,
+    the threshold, and the detected head/tail. ``estimates``: {label: estimate_boundary_width result}
+    (e.g. tokens and rows)."""
+    names = list(estimates)
+    nc = min(2, len(names))
+    nr = -(-len(names) // nc)
+    with style():
+        fig, axes = plt.subplots(nr, nc, figsize=(3.8 * nc, 2.7 * nr), squeeze=False)
+        for ax in axes.flat[len(names):]:
+            ax.axis("off")
+        for ax, n in zip(axes.flat, names):
+            e = estimates[n]
+            el = np.asarray(e["elevation"])
+            P = len(el)
+            cols = [CLASS_COLORS["boundary"] if (j < e["head"] or j >= P - e["tail"]) else "#999999" for j in range(P)]
+            ax.bar(np.arange(P), el, color=cols, width=0.85)
+            se = np.asarray(e.get("se", np.full(P, np.nan)))
+            if np.isfinite(se).any():
+                ax.errorbar(np.arange(P), el, yerr=se, fmt="none", color="k", lw=0.5)
+            thr = e["threshold"] + float(np.median(el[P // 4: P - P // 4] if P >= 4 else el))
+            ax.axhline(thr, color="#d62728", ls="--", lw=0.8, label=f"threshold ({thr:+.2f})")
+            ax.axhline(0, color="k", lw=0.5)
+            ax.axvspan(P // 4 - 0.5, P - P // 4 - 0.5, color="#1b9e77", alpha=0.07, label="interior reference")
+            ax.set_xlabel(f"position inside latent frame ({e['unit']})")
+            ax.set_title(f"{n}: head {e['head']}, tail {e['tail']} -> width {e['width']} {e['unit']}", fontsize=8)
+            ax.legend(loc="upper center")
+        axes[0, 0].set_ylabel("relative elevation over interior")
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def token_map(grid, title: str | None = None, cbar: str = "|h|", vmax=None):
+    """Per-token magnitudes of one latent frame (H, W) as an image, values annotated when small."""
+    import seaborn as sns
+
+    g = _np(grid)
+    with style():
+        fig, ax = plt.subplots(figsize=(0.4 * g.shape[1] + 1.6, 0.4 * g.shape[0] + 0.8))
+        sns.heatmap(g, ax=ax, cmap="magma", vmin=0, vmax=vmax, annot=g.size <= 100, fmt=".2g",
+                    annot_kws={"fontsize": 6}, cbar_kws={"label": cbar}, square=True)
+        ax.set_xlabel("token column")
+        ax.set_ylabel("token row")
+        ax.set_title(title or "per-token magnitude")
+    return fig
+
+
+__all__ = ["style", "use_style", "save_figure", "figures_dir", "token_layout", "video_strip", "layerwise_topk",
+           "activation_3d", "position_class_bars", "frame_row_heatmap", "token_curve", "block_step_heatmaps",
+           "cfg_branches", "boundary_width", "token_map", "CLASS_COLORS"]
+
+
+# --- evaluation figures (notebooks 05-07) ---------------------------------------------------------
+# Added by the evaluation work (stas/evaluate.py, stas/peers.py, stas/ablations.py). Inputs are plain
+# dicts / arrays from those modules; each function returns the Figure.
+
+METHOD_COLORS = {"baseline": "#444444", "stas": "#d95f02", "enhance": "#1f78b4", "zero": "#7570b3"}
+
+
+def _method_color(m, i=0):
+    return METHOD_COLORS.get(m, plt.get_cmap("tab10")(i % 10))
+
+
+def compare_clips(videos: dict, frames=None, reference: str = "baseline", diff_gain: float = 4.0,
+                  temporal_factor: int = 4, title: str | None = None):
+    """Clips side by side (one row per entry of ``videos``, same seed) and, under each non-reference
+    clip, its absolute difference to ``reference`` (mean over RGB, x ``diff_gain``, clipped)."""
+    names = list(videos)
+    clips = {k: _np(v) for k, v in videos.items()}
+    F = next(iter(clips.values())).shape[0]
+    frames = list(range(0, F, max(1, F // 8))) if frames is None else list(frames)
+    rows = []
+    for k in names:
+        rows.append((k, "clip"))
+        if k != reference and reference in clips:
+            rows.append((k, "diff"))
+    with style():
+        fig, axes = plt.subplots(len(rows), len(frames), figsize=(1.15 * len(frames), 1.2 * len(rows)), squeeze=False)
+        for r, (k, kind) in enumerate(rows):
+            for c, f in enumerate(frames):
+                ax = axes[r, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for sp in ax.spines.values():
+                    sp.set_visible(False)
+                if kind == "clip":
+                    ax.imshow(np.clip(clips[k][f].transpose(1, 2, 0), 0, 1))
+                else:
+                    d = np.abs(clips[k][f] - clips[reference][f]).mean(0)
+                    ax.imshow(np.clip(d * diff_gain, 0, 1), cmap="magma", vmin=0, vmax=1)
+                if r == 0:
+                    lat = 0 if f == 0 else (f - 1) // temporal_factor + 1
+                    ax.set_title(f"px {f} | lat {lat}", fontsize=7)
+                if c == 0:
+                    ax.set_ylabel(k if kind == "clip" else f"|{k} - {reference}|\nx{diff_gain:g}", fontsize=7)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def ma_across_blocks(series: dict, blocks=None, steered=(), ylabel: str = "peak |h| on MA channel",
+                     title: str | None = None, logy: bool = False):
+    """One line per entry of ``series`` ({label: (NB,) values}) over blocks; steered blocks shaded."""
+    with style():
+        fig, ax = plt.subplots(figsize=(4.2, 2.7))
+        for i, (k, v) in enumerate(series.items()):
+            v = _np(v)
+            x = list(range(len(v))) if blocks is None else list(blocks)
+            ax.plot(x, v, "o-", ms=3, color=_method_color(k, i), label=k)
+        for b in steered:
+            ax.axvspan(b - 0.4, b + 0.4, color="#d95f02", alpha=0.12, lw=0)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("block")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.set_title(title or "MA channel across blocks (shaded: steered)")
+    return fig
+
+
+def method_forest(summary, metrics, baseline: str = "baseline", title: str | None = None):
+    """Paired differences to ``baseline`` with confidence intervals, one panel per metric.
+
+    ``summary``: rows of `stas.evaluate.summarize_rows` (method, metric, diff, lo, hi, better)."""
+    methods = [m for m in dict.fromkeys(d["method"] for d in summary) if m != baseline]
+    with style():
+        fig, axes = plt.subplots(1, len(metrics), figsize=(1.9 * len(metrics) + 0.6, 0.35 * len(methods) + 1.3),
+                                 squeeze=False, sharey=True)
+        for ax, k in zip(axes[0], metrics):
+            for i, m in enumerate(methods):
+                d = next((x for x in summary if x["method"] == m and x["metric"] == k), None)
+                if d is None:
+                    continue
+                lo, hi = d["lo"], d["hi"]
+                if lo is not None and np.isfinite(lo):
+                    ax.plot([lo, hi], [i, i], color=_method_color(m, i), lw=1.6)
+                ax.plot([d["diff"]], [i], "o", color=_method_color(m, i), ms=4)
+            ax.axvline(0, color="k", lw=0.6)
+            better = next((x.get("better") for x in summary if x["metric"] == k), None)
+            ax.set_title(f"{k}" + (f"\n({better} is better)" if better else ""), fontsize=8)
+            ax.tick_params(axis="x", labelsize=7)
+        axes[0, 0].set_yticks(range(len(methods)))
+        axes[0, 0].set_yticklabels(methods)
+        axes[0, 0].set_ylim(-0.6, len(methods) - 0.4)
+        fig.suptitle(title or f"paired difference to {baseline} (mean, 95% CI)", fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def seam_transitions(profiles: dict, temporal_factor: int = 4, reference: str = "baseline", title: str | None = None,
+                     ylabel: str = "mean |frame change|"):
+    """Per-transition frame change (``{method: (F-1,) mean over clips}``), chunk seams (4k -> 4k+1)
+    shaded; lower panel: difference to ``reference``."""
+    with style():
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5.2, 3.8), sharex=True, gridspec_kw={"height_ratios": [2, 1.3]})
+        n = len(next(iter(profiles.values())))
+        x = np.arange(n)
+        for a in (ax, ax2):
+            for i in x[x % temporal_factor == 0]:
+                a.axvspan(i - 0.45, i + 0.45, color="#7570b3", alpha=0.12, lw=0)
+        for j, (m, v) in enumerate(profiles.items()):
+            ax.plot(x, _np(v), "o-", ms=2.5, lw=1, color=_method_color(m, j), label=m)
+            if reference in profiles and m != reference:
+                ax2.plot(x, _np(v) - _np(profiles[reference]), "o-", ms=2.5, lw=1, color=_method_color(m, j), label=m)
+        ax2.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel(ylabel)
+        ax2.set_ylabel(f"minus {reference}")
+        ax2.set_xlabel("transition i -> i+1 (shaded: chunk seams 4k -> 4k+1)")
+        ax.legend(ncol=len(profiles))
+        ax.set_title(title or "where frame changes happen")
+        fig.tight_layout()
+    return fig
+
+
+def cost_bars(seconds: dict, title: str | None = None):
+    """Seconds per clip per method: ``{method: (mean, sem)}``."""
+    with style():
+        fig, ax = plt.subplots(figsize=(0.8 * len(seconds) + 1.4, 2.4))
+        for i, (m, (mu, se)) in enumerate(seconds.items()):
+            ax.bar(i, mu, yerr=se if np.isfinite(se) else None, color=_method_color(m, i), capsize=3)
+            ax.text(i, mu, f"{mu:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(seconds)))
+        ax.set_xticklabels(list(seconds))
+        ax.set_ylabel("seconds per clip")
+        ax.set_title(title or "cost per clip")
+    return fig
+
+
+def ablation_grid(table: dict, metrics, title: str | None = None, better: dict | None = None):
+    """Ablations as panels: rows = metrics, columns = ablation groups.
+
+    ``table``: ``{group: {setting label: {metric: (diff, lo, hi)}}}`` (paired difference to the
+    unsteered baseline, e.g. from `stas.ablations.ablation_table`); settings are drawn in order."""
+    groups = list(table)
+    with style():
+        fig, axes = plt.subplots(len(metrics), len(groups), figsize=(2.1 * len(groups) + 0.5, 1.8 * len(metrics) + 0.4),
+                                 squeeze=False, sharey="row")  # one y scale per metric: groups compare at a glance
+        for c, g in enumerate(groups):
+            labels = list(table[g])
+            for r, k in enumerate(metrics):
+                ax = axes[r, c]
+                for i, lab in enumerate(labels):
+                    d, lo, hi = table[g][lab].get(k, (np.nan, np.nan, np.nan))
+                    if np.isfinite(lo):
+                        ax.plot([i, i], [lo, hi], color="#d95f02", lw=1.4)
+                    ax.plot([i], [d], "o", color="#d95f02", ms=3.5)
+                ax.axhline(0, color="k", lw=0.6)
+                ax.set_xticks(range(len(labels)))
+                ax.set_xticklabels(labels if r == len(metrics) - 1 else [], rotation=40, ha="right", fontsize=7)
+                ax.tick_params(axis="y", labelsize=7)
+                if r == 0:
+                    ax.set_title(g, fontsize=8)
+                if c == 0:
+                    b = (better or {}).get(k)
+                    ax.set_ylabel(f"Δ {k}" + (f"\n({b} better)" if b else ""), fontsize=7)
+        fig.suptitle(title or "ablations: paired difference to the unsteered baseline (mean, 95% CI)", fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+__all__ += ["compare_clips", "ma_across_blocks", "method_forest", "seam_transitions", "cost_bars", "ablation_grid",
+            "METHOD_COLORS"]
+
+
+def token_panels(panels: dict, layout: TokenLayout, ylabel: str = "h on MA channel (signed)", title: str | None = None):
+    """Per-token values along the sequence, one panel per entry of ``panels`` ({panel title:
+    {label: (L,) values}}), latent-frame boundaries dashed, frame 0 shaded (e.g. baseline vs steered
+    at the steered block and downstream)."""
+    with style():
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, 1.9 * len(panels) + 0.3), squeeze=False, sharex=True)
+        for ax, (name, series) in zip(axes[:, 0], panels.items()):
+            ax.axvspan(-0.5, layout.tokens_per_frame - 0.5, color=CLASS_COLORS["first_frame"], alpha=0.08)
+            for i, (lab, v) in enumerate(series.items()):
+                v = _np(v)
+                ax.plot(np.arange(len(v)), v, lw=0.8, color=_method_color(lab, i), label=lab, alpha=0.9)
+            for f in range(1, layout.frames):
+                ax.axvline(f * layout.tokens_per_frame - 0.5, color="k", ls="--", lw=0.5, alpha=0.5)
+            ax.set_title(name, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=7)
+            ax.legend(loc="upper right", ncol=len(series))
+        axes[-1, 0].set_xlabel("token index (latent frames separated by dashed lines; frame 0 shaded)")
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+__all__ += ["token_panels"]
