@@ -21,9 +21,16 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# all tests: unit tests, then every notebook run fresh through nbmake (small CI-sized defaults)
+# Notebooks under `make test` run at CI size (1 prompt, 2 seeds, 4 denoising steps) and write their
+# figures, recordings and tables into .test-artifacts/, leaving the committed ones (from `make figures`) alone.
+NB_TEST_ENV := STAS_PROMPTS=1 STAS_SEEDS=2 STAS_STEPS=4 STAS_REAL_PER_PROMPT=2 \
+	STAS_FIGURES=$(CURDIR)/.test-artifacts/figures STAS_STATS_DIR=$(CURDIR)/.test-artifacts/stats \
+	STAS_RESULTS_DIR=$(CURDIR)/.test-artifacts/results
+
+# all tests: unit tests, then every notebook run fresh through nbmake
 test: setup
-	$(PY) -m pytest -q tests $(if $(NOTEBOOKS),--nbmake $(NOTEBOOKS) --nbmake-timeout=1200)
+	$(PY) -m pytest -q tests
+	$(if $(NOTEBOOKS),$(NB_TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=1800 $(NOTEBOOKS))
 
 unit: setup
 	$(PY) -m pytest -q tests

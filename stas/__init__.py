@@ -17,10 +17,11 @@ from .load import generate, load, native_defaults, save_video, tiny_random_pipel
 from .massive import MassiveReport, find_massive
 from .record import Recording, record
 from .steer import STASConfig, steer
+from .peers import EnhanceConfig, enhance  # the Enhance-A-Video peer (notebook 06)
 
 __all__ = [
     "load", "generate", "save_video", "native_defaults", "tiny_random_pipeline", "TokenLayout", "POSITION_CLASSES",
     "latent_frames_for", "latent_frame_of", "pixel_frames_of", "record", "Recording", "find_massive",
-    "MassiveReport", "STASConfig", "steer", "get_adapter", "UnsupportedModelError",
+    "MassiveReport", "STASConfig", "steer", "get_adapter", "UnsupportedModelError", "EnhanceConfig", "enhance",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m stas generate|figures|bench ...`` (``-h`` on each for options)."""
+"""Command line: ``python -m stas generate|figures|bench|evaluate ...`` (``-h`` on each for options)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ def main(argv=None):
     b.add_argument("which", choices=["overhead", "house_speed"])
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
+    from .evaluate import add_cli  # `evaluate`: prompts x seeds x methods -> results table (accelerate-sharded)
+
+    add_cli(sub)
     a = ap.parse_args(argv)
     a.fn(a)
 

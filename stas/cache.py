@@ -45,6 +45,11 @@ def stats_path(model: str) -> Path:
     return d / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}_blocks.safetensors"
 
 
+def results_dir() -> Path:
+    """``results/`` under the repo root (``$STAS_RESULTS_DIR`` overrides): tables of notebooks 06-07."""
+    return Path(os.environ.get("STAS_RESULTS_DIR", ROOT / "results"))
+
+
 def default_prompts(n: int) -> list[str]:
     """The first ``n`` of the house world's evaluation captions."""
     return list(EVAL_PROMPTS[:n])
