@@ -16,8 +16,17 @@ def cmd_generate(a):
     pipe = stas.load(a.model)
     kw = {k: v for k, v in dict(num_frames=a.frames, num_inference_steps=a.steps, guidance_scale=a.guidance).items()
           if v is not None}
-    ctx = stas.steer(pipe, stas.STASConfig(alpha=a.alpha, steps=a.stas_steps, blocks=a.blocks, channels=a.channels)) \
-        if a.channels else _null()
+    ctx = _null()
+    if a.channels is not None:  # STAS: the defaults of stas.defaults (house: chosen in notebook 07), overridable
+        from .defaults import ma_channels, stas_config
+
+        chans = a.channels or ma_channels(pipe)["ma"]
+        over = {k: v for k, v in dict(alpha=a.alpha, steps=a.stas_steps,
+                                      blocks=tuple(a.blocks) if a.blocks else None).items() if v is not None}
+        n = kw.get("num_inference_steps", stas.native_defaults(pipe)["num_inference_steps"])
+        cfg = stas_config(pipe, chans, n, **over)
+        print(cfg)
+        ctx = stas.steer(pipe, cfg)
     with ctx:
         video = stas.generate(pipe, a.prompt, seed=a.seed, **kw)
     print(stas.save_video(video, a.out))
@@ -53,10 +62,11 @@ def main(argv=None):
     g.add_argument("--frames", type=int, default=None)
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--guidance", type=float, default=None)
-    g.add_argument("--channels", type=int, nargs="*", default=None, help="MA channels to steer (enables STAS)")
-    g.add_argument("--blocks", type=int, nargs="+", default=[4])
-    g.add_argument("--alpha", type=float, default=1.0)
-    g.add_argument("--stas-steps", type=int, default=5)
+    g.add_argument("--channels", type=int, nargs="*", default=None,
+                   help="enable STAS on these channels (given with no value: the MA channels measured on one clip)")
+    g.add_argument("--blocks", type=int, nargs="+", default=None, help="steered blocks (default: stas.defaults)")
+    g.add_argument("--alpha", type=float, default=None)
+    g.add_argument("--stas-steps", type=int, default=None, help="K: steer the first K steps")
     g.add_argument("--out", default="video.mp4")
     g.set_defaults(fn=cmd_generate)
     f = sub.add_parser("figures", help="re-run every notebook in place (each writes its figures to figures/)")
