@@ -39,9 +39,16 @@ def load_text_encoder(path=None, device="cpu", dtype=torch.float32):
     """(tokenizer, BertModel) from ``path`` (default: the installed package), local files only."""
     from transformers import BertModel, BertTokenizerFast
 
+    from transformers.utils import logging as tlog
+
     path = Path(path) if path is not None else minilm_dir()
     tok = BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
-    enc = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+    level = tlog.get_verbosity()
+    tlog.set_verbosity_error()  # the checkpoint's unused pooler weights would print a load report
+    try:
+        enc = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+    finally:
+        tlog.set_verbosity(level)
     enc = enc.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return tok, enc
 
