@@ -259,18 +259,24 @@ def token_curve(values, layout: TokenLayout, title: str | None = None, ylabel: s
     return fig
 
 
+def _panel_grid(n: int, ncols: int, w: float, h: float):
+    """(fig, axes (rows, cols)) for ``n`` panels, ``ncols`` per row, each ``w`` x ``h`` inches; spare axes off."""
+    nc = min(ncols, n)
+    nr = -(-n // nc)
+    fig, axes = plt.subplots(nr, nc, figsize=(w * nc, h * nr), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
 def block_step_heatmaps(panels: dict, blocks=None, steps=None, title: str | None = None, center=None,
                         ncols: int = 2):
     """One heatmap per entry of ``panels`` ({name: (NB, S) array}), blocks on rows, steps on columns."""
     import seaborn as sns
 
     names = list(panels)
-    nc = min(ncols, len(names))
-    nr = -(-len(names) // nc)
     with style():
-        fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc, 2.9 * nr), squeeze=False)
-        for ax in axes.flat[len(names):]:
-            ax.axis("off")
+        fig, axes = _panel_grid(len(names), ncols, 3.6, 2.9)
         for ax, n in zip(axes.flat, names):
             a = _np(panels[n])
             sns.heatmap(a, ax=ax, cmap="rocket" if center is None else "vlag", center=center,
@@ -290,12 +296,8 @@ def cfg_branches(series: dict, x=None, xlabel: str = "block", title: str | None 
                  ncols: int = 3):
     """CFG branches compared: one panel per entry of ``series`` ({panel: {branch: (n,) array}})."""
     names = list(series)
-    nc = min(ncols, len(names))
-    nr = -(-len(names) // nc)
     with style():
-        fig, axes = plt.subplots(nr, nc, figsize=(3.0 * nc, 2.5 * nr), squeeze=False)
-        for ax in axes.flat[len(names):]:
-            ax.axis("off")
+        fig, axes = _panel_grid(len(names), ncols, 3.0, 2.5)
         for ax, n in zip(axes.flat, names):
             for (br, y), c, mk in zip(series[n].items(), ["#1f77b4", "#ff7f0e", "#2ca02c"], ["o-", "s--", "^:"]):
                 y = _np(y)
