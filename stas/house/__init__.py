@@ -40,14 +40,11 @@ def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None):
     import torch
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
 
+    from ..load import default_device_dtype
     from .models import make_scheduler
     from .text import load_text_encoder
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = default_device_dtype(device, dtype)
     d = variant_dir(variant, root)
     if not (d / "transformer").is_dir():
         raise FileNotFoundError(f"no house weights at {d} (train them: python -m stas.house.train)")
