@@ -295,7 +295,8 @@ class record(HookContext):
         if tracker.layout != self.layout:
             raise ValueError(f"token layout changed within one record context ({self.layout} -> "
                              f"{tracker.layout}); record different sizes in separate contexts")
-        if tracker.step >= cur["num_steps"]:
+        if tracker.step >= cur["num_steps"]:  # a call past the run's last step: record nothing
+            self.slices = []
             return
         branches = sorted(tracker.branches, key=lambda b: BRANCHES.index(b[0]))  # cond before uncond
         first = tracker.step * 2 + BRANCHES.index(branches[0][0])
