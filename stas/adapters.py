@@ -89,8 +89,9 @@ class Adapter:
         g = getattr(self.pipe, "_guidance_scale", None) if self.pipe is not None else None
         return g is not None and float(g) > 1.0
 
-    def branches(self, call_in_step: int, batch: int, cfg: bool) -> list[tuple[str, slice]]:
-        """[(branch name, batch slice)] for the ``call_in_step``-th transformer call of a step."""
+    def branches(self, name: str | None, call_in_step: int, batch: int, cfg: bool) -> list[tuple[str, slice]]:
+        """[(branch name, batch slice)] of a transformer call: ``name`` is the pipeline's cache-context
+        name (None when it set none), ``call_in_step`` the call's index within its denoising step."""
         raise NotImplementedError
 
     def defaults(self) -> dict:
@@ -137,8 +138,11 @@ class WanAdapter(Adapter):
         b, _, f, h, w = x.shape  # (B, C, F, H, W)
         return b, f, h, w
 
-    def branches(self, call_in_step, batch, cfg):
-        # WanPipeline: transformer(cond) then, with guidance > 1, transformer(uncond), each a full batch.
+    def branches(self, name, call_in_step, batch, cfg):
+        # WanPipeline: transformer(cond) then, with guidance > 1, transformer(uncond), each a full batch,
+        # inside cache_context("cond" / "uncond"); video-to-video sets no context: call order says it.
+        if name in BRANCHES:
+            return [(name, slice(None))]
         if cfg and call_in_step % 2 == 1:
             return [("uncond", slice(None))]
         return [("cond", slice(None))]
@@ -174,8 +178,8 @@ class CogVideoXAdapter(Adapter):
         b, f, _, h, w = x.shape  # (B, F, C, H, W)
         return b, f, h, w
 
-    def branches(self, call_in_step, batch, cfg):
-        # CogVideoXPipeline: one call per step on torch.cat([uncond, cond]).
+    def branches(self, name, call_in_step, batch, cfg):
+        # CogVideoXPipeline: one call per step on torch.cat([uncond, cond]) (cache context "cond_uncond").
         if cfg:
             half = batch // 2
             return [("uncond", slice(0, half)), ("cond", slice(half, batch))]

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import BRANCHES, UnsupportedModelError
-from .hooks import HookContext
+from .tracking import HookContext
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from . import _kernels
 from .adapters import BRANCHES
-from .hooks import HookContext
+from .tracking import DeviceTensors, HookContext, block_skipped
 from .layout import TokenLayout
 
 DIMS = {
@@ -161,15 +161,15 @@ def _layout_dict(lay: TokenLayout) -> dict:
             "temporal_factor": lay.temporal_factor, "spatial_factor": lay.spatial_factor}
 
 
-@torch.library.custom_op("stas::block_stats", mutates_args=("stats", "tokens"))
-def _block_stats(x: torch.Tensor, at: torch.Tensor, stats: torch.Tensor, tokens: Optional[torch.Tensor],
-                 chan_idx: torch.Tensor, stride: int) -> None:
-    """Reduce one branch's block output x (b, L, D) into row ``at`` of ``stats`` (rows, 2D+1) and, if
-    given, of ``tokens`` (rows, L, C).
+def reduce_block_output(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The per-call statistics of one branch's block output ``x`` (b, L, D), any float dtype.
 
-    A custom op, so that a compiled block (``torch.compile`` / ``compile_repeated_blocks``) sees one
-    opaque node: no graph break, no recompiles, and the same few bandwidth-bound kernels as in eager
-    mode. On CUDA with Triton, max |h| and sum |h| come from one fused read (`stas._kernels`).
+    Returns a float32 (2D + 1,) tensor on x's device: ``[max_t |x[., t, c]| (D), mean_t |x[., t, c]|
+    (D), median |x| over every ``stride``-th token and all channels]``, maxima and means over the b
+    samples and L tokens. Sums accumulate in float32 and everything is returned in float32: a float16
+    column sum overflows at 65 504 (on a CogVideoX-2B clip, 17 550 tokens, any channel with mean |h| >
+    3.7). Max and median are elements of x, exact in its dtype. This is the one place the reduction
+    is computed (swap it here for a faster one).
     """
     flat = x.reshape(-1, x.shape[-1])                      # (b*L, D)
     if _kernels.ENABLED and _kernels.fused_available(flat):
@@ -177,11 +177,23 @@ def _block_stats(x: torch.Tensor, at: torch.Tensor, stats: torch.Tensor, tokens:
     else:
         lo, hi = torch.aminmax(flat, dim=0)                # one read of h -> max |h|
         mx = torch.maximum(hi, -lo).float()
-        # one read of h -> sum |h|: accumulates in fp32, rounds to h's dtype (no fp32 copy of h)
-        l1 = torch.linalg.vector_norm(flat, ord=1, dim=0).float()
+        l1 = torch.linalg.vector_norm(flat, ord=1, dim=0, dtype=torch.float32)  # one read -> sum |h|, fp32
     med = x[:, ::stride].abs().flatten().median()          # Sun et al.'s reference on every stride-th token
-    row = torch.cat([mx, l1 / flat.shape[0], med.float()[None]])
-    stats.index_copy_(0, at, row[None])
+    return torch.cat([mx, l1 / flat.shape[0], med.float()[None]])
+
+
+@torch.library.custom_op("stas::block_stats", mutates_args=("stats", "tokens"))
+def _block_stats(x: torch.Tensor, at: torch.Tensor, stats: torch.Tensor, tokens: Optional[torch.Tensor],
+                 chan_idx: torch.Tensor, stride: int) -> None:
+    """Write `reduce_block_output` of one branch's block output x (b, L, D) into row ``at`` of ``stats``
+    (rows, 2D+1) and, if given, x's ``chan_idx`` channels (batch mean, float32) into row ``at`` of
+    ``tokens`` (rows, L, C).
+
+    A custom op, so that a compiled block (``torch.compile`` / ``compile_repeated_blocks``) sees one
+    opaque node: no graph break, no recompiles, and the same few bandwidth-bound kernels as in eager
+    mode. On CUDA with Triton, max |h| and sum |h| come from one fused read (`stas._kernels`).
+    """
+    stats.index_copy_(0, at, reduce_block_output(x, stride)[None])
     if tokens is not None:
         tokens.index_copy_(0, at, x.index_select(-1, chan_idx).float().mean(0)[None])  # (1, L, C)
 
@@ -201,12 +213,16 @@ class _BlockRecorder:
 
     def __call__(self, module, args, output):
         bufs = self.bufs
-        if bufs is None:
+        if bufs is None or block_skipped(module):  # a diffusers step cache replaced this block: not recorded
             return None
-        h = self.owner.adapter.video_tokens(output)
-        for k, sl in enumerate(self.owner.slices):
-            _block_stats(h[sl], self.owner.pos[k:k + 1], bufs["stats"], bufs.get("tokens"),
-                         self.owner.chan_idx, self.owner.median_stride)
+        o = self.owner
+        h = o.adapter.video_tokens(output)
+        if bufs["stats"].device != h.device:  # offloading: the block ran elsewhere than the call's input
+            o._to_device(h.device)
+            bufs = self.bufs
+        for k, sl in enumerate(o.slices):
+            _block_stats(h[sl], o.dev.pos[k:k + 1], bufs["stats"], bufs.get("tokens"), o.dev.chan_idx,
+                         o.median_stride)
         return None
 
 
@@ -218,10 +234,10 @@ class _FullRecorder:
 
     def __call__(self, module, args, output):
         tr = self.owner.tracker
-        if (tr.step, self.block_id) in self.owner.full_at:
+        if (tr.step, self.block_id) in self.owner.full_at and not block_skipped(module):
             h = self.owner.adapter.video_tokens(output)
             for name, sl in tr.branches:
-                key = f"{tr.run - self.owner.run0}/{tr.step}/{self.block_id}/{name}"
+                key = f"{tr.run}/{tr.step}/{self.block_id}/{name}"
                 self.owner._full[key] = h[sl].detach().float().mean(0).clone()
         return None
 
@@ -260,12 +276,10 @@ class record(HookContext):
         self._cur = None       # current run: dict(bufs per block, filled, timesteps, meta)
         self._full = {}
         self.layout = None
-        self.run0 = None
-        self.pos = None
-        self._range = None
+        self.dev = None        # DeviceTensors: pos (2,), range (rows + 1,), chan_idx (C,) on the blocks' device
+        self._device = None    # device the hooked blocks last ran on (None until one ran)
         self.slices = [slice(None)]
         self.median_stride = 1
-        self.chan_idx = None
 
     def label(self, **info):
         """Attach ``info`` (JSON-serialisable, e.g. prompt and seed) to the next pipeline call's run."""
@@ -280,14 +294,13 @@ class record(HookContext):
     # -- tracker events -----------------------------------------------------------------------
     def on_run_start(self, tracker):
         self._finish_run()
-        if self.run0 is None:
-            self.run0 = tracker.run
-        self._cur = {"alloc": False, "num_steps": tracker.num_steps, "filled": torch.zeros(tracker.num_steps, 2, dtype=torch.bool),
-                     "timesteps": tracker.timesteps, "meta": self._pending_meta}
+        n = tracker.num_steps
+        self._cur = {"alloc": False, "num_steps": n, "filled": torch.zeros(n, 2, dtype=torch.bool),
+                     "timesteps": [None] * n, "meta": self._pending_meta}
         self._pending_meta = {}
 
     def on_call(self, tracker):
-        if self._cur is None:  # entered mid-run, or a bare transformer: all calls form one run
+        if self._cur is None:  # `stats` was read mid-run: the rest of the run is a new one
             self.on_run_start(tracker)
         cur = self._cur
         if not cur["alloc"]:
@@ -302,31 +315,39 @@ class record(HookContext):
         first = tracker.step * 2 + BRANCHES.index(branches[0][0])
         # positions of this call's branches in the (steps*2,) buffers: a device-to-device copy from a
         # precomputed range (no host sync); a call with both branches writes rows first, first + 1
-        self.pos.copy_(self._range[first:first + 2])
+        self.dev.pos.copy_(self.dev.range[first:first + 2])
         self.slices = [sl for _, sl in branches]
         for name, _ in branches:
             cur["filled"][tracker.step, BRANCHES.index(name)] = True
+        cur["timesteps"][tracker.step] = tracker.timestep  # the pipeline's t tensor: read at the run's end
 
     def _allocate(self, tracker):
+        """Per-run float32 buffers, NaN until written, on the device the blocks last ran on (first
+        run: the device of the transformer's input; a block hook moves them if its output is elsewhere)."""
         lay = tracker.layout
         if self.layout is None:
             self.layout = lay
-        t = self.adapter.transformers[0]
-        p = next(t.parameters())
-        dev = p.device
+        dev = self._device or tracker.input_device
         S, D, L, C = self._cur["num_steps"] * 2, self.adapter.hidden_size, lay.num_tokens, len(self.channels)
         self.median_stride = max(1, -(-L * D // self.median_elems))
-        if self.pos is None or self.pos.device != dev:
-            self.pos = torch.zeros(2, dtype=torch.long, device=dev)
-        if self._range is None or len(self._range) < S + 1 or self._range.device != dev:
-            self._range = torch.arange(S + 1, dtype=torch.long, device=dev)
-        self.chan_idx = torch.tensor(self.channels, dtype=torch.long, device=dev)
+        if self.dev is None or len(self.dev.range) < S + 1:
+            self.dev = DeviceTensors(pos=torch.zeros(2, dtype=torch.long), range=torch.arange(S + 1),
+                                     chan_idx=torch.tensor(self.channels, dtype=torch.long))
+        self.dev.on(dev)
         for b, hook in self._hooks.items():
             bufs = {"stats": torch.full((S, 2 * D + 1), float("nan"), device=dev)}
             if C:
                 bufs["tokens"] = torch.full((S, L, C), float("nan"), device=dev)
             hook.bufs = bufs
         self._cur["alloc"] = True
+
+    def _to_device(self, device):
+        """Move this run's buffers and index tensors to ``device`` (where the blocks really run)."""
+        self._device = device
+        self.dev.on(device)
+        for hook in self._hooks.values():
+            if hook.bufs is not None:
+                hook.bufs = {k: v.to(device) for k, v in hook.bufs.items()}
 
     def _finish_run(self):
         cur = self._cur
@@ -338,23 +359,23 @@ class record(HookContext):
         n = cur["num_steps"]
         out = {}
         d = self.adapter.hidden_size
-        stats = torch.stack([self._hooks[b].bufs["stats"] for b in self.blocks], 1).cpu()  # (steps*2, blocks, 2D+1)
+        bufs = [self._hooks[b].bufs for b in self.blocks]
+        for hook in self._hooks.values():
+            hook.bufs = None
+        stats = torch.stack([bf["stats"].cpu() for bf in bufs], 1)                     # (steps*2, blocks, 2D+1)
         stats = stats.reshape(n, 2, len(self.blocks), -1).transpose(1, 2)               # (steps, blocks, 2, 2D+1)
         out["chan_max"], out["chan_mean"], out["median"] = stats[..., :d], stats[..., d:2 * d], stats[..., 2 * d]
         if self.channels:
-            tok = torch.stack([self._hooks[b].bufs["tokens"] for b in self.blocks], 1).cpu()  # (steps*2, blocks, L, C)
+            tok = torch.stack([bf["tokens"].cpu() for bf in bufs], 1)                   # (steps*2, blocks, L, C)
             out["tokens"] = tok.reshape(n, 2, *tok.shape[1:]).transpose(1, 2)
-        for hook in self._hooks.values():
-            hook.bufs = None
-        ts = cur["timesteps"]
-        out["timesteps"] = ts.clone() if ts is not None and len(ts) == n else torch.full((n,), float("nan"))
+        out["timesteps"] = torch.tensor([float("nan") if t is None else float(t.reshape(-1)[0])
+                                         for t in cur["timesteps"]])
         out["filled"] = cur["filled"]
         self._runs.append(out)
         self._run_meta.append(cur["meta"])
 
     def _close(self):
         self._finish_run()
-        super()._close()
 
     @property
     def stats(self) -> Recording:

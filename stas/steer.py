@@ -16,12 +16,13 @@ also when the pipeline raises; with K = 0 the output is bit-identical to the sto
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from .adapters import BRANCHES
-from .hooks import HookContext
+from .tracking import DeviceTensors, HookContext, block_skipped
 from .layout import POSITION_CLASSES
 
 MODES = ("stas", "zero")
@@ -98,27 +99,48 @@ class STASConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
 
 
+def steer_values(v: torch.Tensor, alpha: float, zero: bool):
+    """The new values of the steered entries: ``v`` (b, L, C) are the chosen channels of one branch.
+
+    STAS: ``alpha * max_t |v[:, t, c]| * sign(v)`` computed in float32, then clamped to the finite
+    range of v's dtype (float16: 65 504) so that nothing is written as inf. Returns (new values in
+    v's dtype, number of clamped entries as a 0-dim int64 tensor on v's device; no host sync).
+    ``zero``: all zeros (the ablation), nothing clamped.
+    """
+    if zero:
+        return torch.zeros_like(v), torch.zeros((), dtype=torch.long, device=v.device)
+    ref = v.abs().amax(dim=1, keepdim=True).float()            # (b, 1, C): global max over tokens
+    new = alpha * ref * torch.sign(v).float()
+    fmax = torch.finfo(v.dtype).max
+    over = (new.abs() > fmax).sum()
+    return new.clamp(-fmax, fmax).to(v.dtype), over
+
+
 class _SteerHook:
     """Forward hook of one steered block. Gating state is set by `steer.on_call` between calls."""
 
-    def __init__(self, owner):
+    def __init__(self, owner, block_id: int):
         self.owner = owner
+        self.block_id = block_id
 
     def __call__(self, module, args, output):
         o = self.owner
         if not o.active:
             return None
+        if block_skipped(module):  # a diffusers step cache replaced this block: nothing was computed to steer
+            o.skipped.append((o.tracker.run, o.tracker.step, self.block_id))
+            return None
         h = o.adapter.video_tokens(output)          # (B, L, D), edited in place
-        chan, mask = o.chan_idx, o.mask             # (C,), (L,) bool
+        dev = o.dev
+        if dev.mask.device != h.device:             # offloading: the block ran elsewhere than the call's input
+            o._device = h.device
+            dev.on(h.device)
         for sl in o.slices:
             x = h[sl]
-            v = x.index_select(-1, chan)            # (b, L, C)
-            if o.zero:
-                new = torch.zeros_like(v)
-            else:
-                ref = v.abs().amax(dim=1, keepdim=True).float()        # (b, 1, C): global max over tokens
-                new = (o.alpha * ref * torch.sign(v).float()).to(v.dtype)
-            x.index_copy_(-1, chan, torch.where(mask[None, :, None], new, v))
+            v = x.index_select(-1, dev.chan_idx)    # (b, L, C)
+            new, over = steer_values(v, o.alpha, o.zero)
+            dev.clamped.add_(over)
+            x.index_copy_(-1, dev.chan_idx, torch.where(dev.mask[None, :, None], new, v))
         return None
 
 
@@ -126,9 +148,17 @@ class steer(HookContext):
     """Context manager applying `STASConfig` ``config`` to ``pipe`` for every call inside it.
 
     Raises ``ValueError`` before anything is hooked when blocks or channels are out of the model's
-    range, and before the first denoising step when K exceeds the run's step count or the chosen
-    positions select no token. ``.calls`` lists (run, step, steered branches) for every transformer
-    call that was steered (each call steers all ``config.blocks``).
+    range, and at a run's first transformer call (before any block runs) when the config can never
+    fire in that run: K exceeds the run's executed step count (video-to-video with strength < 1
+    executes fewer steps than ``num_inference_steps``), the chosen branches do not run (``uncond``
+    without guidance), or the chosen positions select no token. ``.calls`` lists (run, step, steered
+    branches) for every transformer call that was steered (each call steers all ``config.blocks``
+    except those listed in ``.skipped`` as (run, step, block): blocks whose computation a diffusers
+    step cache skipped are not steered).
+
+    Values beyond the block output's dtype (e.g. alpha * max > 65 504 in float16) are clamped to
+    its finite range, never written as inf; the count is counted on the device and, when > 0,
+    reported by a ``RuntimeWarning`` on exit and in ``.clamped``.
     """
 
     prepend = True
@@ -142,10 +172,12 @@ class steer(HookContext):
         self.zero = config.mode == "zero"
         self.active = False
         self.slices = []
-        self.mask = None
-        self.chan_idx = None
+        self.dev = None           # DeviceTensors: mask (L,), chan_idx (C,), clamped () on the blocks' device
+        self._device = None
         self._mask_layout = None
         self.calls = []
+        self.skipped = []
+        self.clamped = 0
 
     def _validate(self):
         n, d = self.adapter.num_blocks, self.adapter.hidden_size
@@ -157,13 +189,19 @@ class steer(HookContext):
             raise ValueError(f"channels {bad} out of range: hidden size is {d} (0..{d - 1})")
 
     def _register(self):
-        hook = _SteerHook(self)
-        return self._hook_blocks(self.config.blocks, lambda b: hook)
+        return self._hook_blocks(self.config.blocks, lambda b: _SteerHook(self, b))
 
     def on_run_start(self, tracker):
-        if tracker._sched is not None and self.config.steps > tracker.num_steps:
-            raise ValueError(f"STASConfig.steps={self.config.steps} exceeds the run's "
-                             f"{tracker.num_steps} denoising steps")
+        k = self.config.steps
+        if k == 0 or self.adapter.pipe is None:  # K = 0 is off by design; a bare transformer has one step
+            return
+        if k > tracker.num_steps:
+            raise ValueError(f"STASConfig.steps={k} exceeds the {tracker.num_steps} denoising steps this run "
+                             f"executes (video-to-video runs only strength x num_inference_steps of them)")
+        names = {n for n, _ in tracker.branches} | ({"uncond"} if tracker.cfg else set())
+        if not names & set(self.config.branches):
+            raise ValueError(f"STASConfig.branches={self.config.branches} never run in this call "
+                             f"(branches: {sorted(names)}; 'uncond' needs guidance_scale > 1)")
 
     def on_call(self, tracker):
         lay = tracker.layout
@@ -171,10 +209,24 @@ class steer(HookContext):
             mask = lay.position_mask(self.config.positions, self.config.boundary_width, self.config.boundary_unit)
             if not mask.any():
                 raise ValueError(f"positions {self.config.positions} select no token of layout {lay.describe()}")
-            dev = next(self.adapter.transformers[0].parameters()).device
-            self.mask, self._mask_layout = mask.to(dev), lay
-            self.chan_idx = torch.tensor(self.config.channels, dtype=torch.long, device=dev)
+            self._collect_clamped()
+            self.dev = DeviceTensors(mask=mask, chan_idx=torch.tensor(self.config.channels, dtype=torch.long),
+                                     clamped=torch.zeros((), dtype=torch.long))
+            self._mask_layout = lay
+        self.dev.on(self._device or tracker.input_device)
         self.slices = [sl for name, sl in tracker.branches if name in self.config.branches]
         self.active = tracker.step < self.config.steps and bool(self.slices)
         if self.active:  # bookkeeping here, outside the (possibly compiled) block hook
             self.calls.append((tracker.run, tracker.step, tuple(n for n, _ in tracker.branches if n in self.config.branches)))
+
+    def _collect_clamped(self):
+        if self.dev is not None:
+            self.clamped += int(self.dev.clamped)
+            self.dev.clamped.zero_()
+
+    def _close(self):
+        self._collect_clamped()
+        if self.clamped:
+            warnings.warn(f"steer: {self.clamped} steered values exceeded the range of the block output's dtype "
+                          f"(alpha={self.alpha} x channel max) and were clamped to its largest finite value",
+                          RuntimeWarning, stacklevel=3)

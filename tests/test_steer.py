@@ -163,9 +163,11 @@ def test_config_validation(kwargs, match):
 
 
 class CountCalls:
+    """Counts calls of the transformer's first block (a block that ran did denoising work)."""
+
     def __init__(self, pipe):
         self.n = 0
-        self.h = pipe.transformer.register_forward_pre_hook(lambda *a: setattr(self, "n", self.n + 1))
+        self.h = pipe.transformer.blocks[0].register_forward_pre_hook(lambda *a: setattr(self, "n", self.n + 1))
 
 
 def test_errors_before_any_denoising(wan):
@@ -185,13 +187,16 @@ def test_errors_before_any_denoising(wan):
             stas.generate(wan, PROMPT, seed=0, **{**kw, "num_frames": 10})
         with pytest.raises(ValueError, match="multiples"):
             stas.generate(wan, PROMPT, seed=0, **{**kw, "height": 40})
-        assert cnt.n == 0
         # a positions set that is empty for this layout: boundary of width > half a frame
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="token-frame"):
             with stas.steer(wan, stas.STASConfig(steps=1, blocks=[0], channels=[0], positions="boundary",
                                                  boundary_width=3)):
                 stas.generate(wan, PROMPT, seed=0, **kw)
-        assert cnt.n == 1  # raised in the first call's pre-hook, before its forward ran to the scheduler
+        # a branch that never runs: 'uncond' without guidance
+        with pytest.raises(ValueError, match="never run"):
+            with stas.steer(wan, stas.STASConfig(steps=1, blocks=[0], channels=[0], branches="uncond")):
+                stas.generate(wan, PROMPT, seed=0, **{**kw, "guidance_scale": 1.0})
+        assert cnt.n == 0  # each raised in the first transformer call's pre-hook, before any block ran
     finally:
         cnt.h.remove()
     with pytest.raises(TypeError, match="STASConfig"):
