@@ -128,7 +128,7 @@ class _SteerHook:
         if not o.active:
             return None
         if block_skipped(module):  # a diffusers step cache replaced this block: nothing was computed to steer
-            o.skipped.append((o.tracker.run, o.tracker.step, self.block_id))
+            o._calls[-1][3].append(self.block_id)
             return None
         h = o.adapter.video_tokens(output)          # (B, L, D), edited in place
         dev = o.dev
@@ -175,8 +175,7 @@ class steer(HookContext):
         self.dev = None           # DeviceTensors: mask (L,), chan_idx (C,), clamped () on the blocks' device
         self._device = None
         self._mask_layout = None
-        self.calls = []
-        self.skipped = []
+        self._calls = []          # [run, step, steered branches, blocks skipped by a diffusers cache]
         self.clamped = 0
 
     def _validate(self):
@@ -217,7 +216,18 @@ class steer(HookContext):
         self.slices = [sl for name, sl in tracker.branches if name in self.config.branches]
         self.active = tracker.step < self.config.steps and bool(self.slices)
         if self.active:  # bookkeeping here, outside the (possibly compiled) block hook
-            self.calls.append((tracker.run, tracker.step, tuple(n for n, _ in tracker.branches if n in self.config.branches)))
+            self._calls.append((tracker.run, tracker.step,
+                                tuple(n for n, _ in tracker.branches if n in self.config.branches), []))
+
+    @property
+    def calls(self) -> list:
+        """(run, step, steered branches) of every transformer call in which a block was steered."""
+        return [(r, s, b) for r, s, b, skipped in self._calls if len(skipped) < len(self.config.blocks)]
+
+    @property
+    def skipped(self) -> list:
+        """(run, step, block) of steered blocks whose computation a diffusers step cache skipped."""
+        return [(r, s, blk) for r, s, _, skipped in self._calls for blk in skipped]
 
     def _collect_clamped(self):
         if self.dev is not None:
