@@ -11,11 +11,16 @@ block's video tokens h (B, L, D) on the device, as the forward runs, into preall
 * ``tokens``    h[t, c] for the chosen ``channels`` (signed, mean over the batch)   -> (L, C)
 * ``full``      opt-in: whole hidden states at chosen (step, block) pairs           -> (L, D)
 
+All statistics are accumulated and stored in float32, whatever the model's dtype (a float16 sum
+over tokens overflows; `reduce_block_output` is the one place the reduction is computed). Steps
+are the denoising steps the run executes, with the pipeline's timesteps (`stas.tracking`).
+
 Buffers are written with ``index_copy_`` at a position held in a device tensor, so the hooks have
 no Python state that varies per block or step: a block compiled with ``torch.compile`` (e.g.
 diffusers' ``compile_repeated_blocks``) traces the hook once for all blocks, with no graph breaks.
-Nothing is copied to the host inside a forward; each run's buffers move to the CPU when the next
-run starts or the context exits.
+Buffers live on the device the blocks run on, taken from the block output (under offloading the
+parameters sit elsewhere). Nothing is copied to the host inside a forward; each run's buffers move
+to the CPU when the next run starts or the context exits.
 
 The result, ``rec.stats``, is one `Recording` indexed by (run, step, block, branch).
 """
@@ -50,7 +55,9 @@ class Recording:
     """Per (run, step, block, branch) statistics of block outputs. See module docstring.
 
     ``data[name]`` is a float32 CPU tensor with dims ``DIMS[name]``; entries never written (e.g.
-    the ``uncond`` branch when guidance is off) are NaN and ``filled`` is False there.
+    the ``uncond`` branch when guidance is off) are NaN and ``filled`` is False there. A block that
+    a diffusers step cache (FirstBlockCache, MagCache, ...) skipped is NaN at that (step, branch),
+    ``filled`` staying True. ``timesteps`` are the pipeline's ``t`` of each executed step.
     ``blocks`` are the block ids of the block axis, ``channels`` the channel ids of ``tokens``'
     last axis, ``branches`` the branch axis' names, ``layout`` the token layout of the runs.
     ``full`` maps "run/step/block/branch" to (L, D) hidden states when they were asked for.
