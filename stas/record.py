@@ -302,6 +302,9 @@ class record(HookContext):
     def on_run_start(self, tracker):
         self._finish_run()
         n = tracker.num_steps
+        late = sorted(st for st, _ in self.full_at if st >= n)
+        if late and self.adapter.pipe is not None:
+            raise ValueError(f"full=... asks for steps {late}, but this run executes {n} denoising steps")
         self._cur = {"alloc": False, "num_steps": n, "filled": torch.zeros(n, 2, dtype=torch.bool),
                      "timesteps": [None] * n, "meta": self._pending_meta}
         self._pending_meta = {}

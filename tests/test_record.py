@@ -121,6 +121,13 @@ def test_recording_is_deterministic(wan):
     assert torch.equal(outs[0], outs[1])
 
 
+def test_full_at_a_step_the_run_never_reaches_is_an_error(wan):
+    with pytest.raises(ValueError, match=r"steps \[5\], but this run executes 4"):
+        with stas.record(wan, full=[(5, 0)]):
+            stas.generate(wan, "a ball", seed=0, **call_kwargs(wan))
+    assert not wan.transformer.blocks[0]._forward_hooks
+
+
 def test_record_validates_and_unhooks(wan):
     with pytest.raises(ValueError, match="out of range"):
         stas.record(wan, blocks=[5])
