@@ -103,7 +103,7 @@ class Tracker:
         self._run_key = None              # weak refs of (scheduler, scheduler.timesteps) of this run
         self._t_ref = _ref(None)
         self._handles = []
-        self._probes = []                 # (registry, name, created registry)
+        self._probes = []                 # (transformer, registry, hook name, registry created by us)
 
     # -- life cycle --------------------------------------------------------------------------
     def install(self):
