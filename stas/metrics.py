@@ -746,7 +746,7 @@ def degrade(video, contrast: float = 1.0, blur_sigma: float = 0.0, noise_std: fl
         raise ValueError(f"need 0 < contrast <= 1, blur_sigma >= 0, noise_std >= 0; got "
                          f"{contrast}, {blur_sigma}, {noise_std}")
     mean = v.mean(dim=(0, 2, 3), keepdim=True)
-    x = mean + (v - mean) * contrast
+    x = mean + (v - mean) * contrast if contrast != 1 else v
     if blur_sigma > 0:
         a = x.permute(0, 2, 3, 1).numpy()
         x = torch.from_numpy(np.stack([cv2.GaussianBlur(f, (0, 0), blur_sigma) for f in a])).permute(0, 3, 1, 2)
