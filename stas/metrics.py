@@ -526,7 +526,9 @@ FOREGROUND_NOISE_FACTOR = 4.0
 def foreground_masks(video) -> np.ndarray:
     """Pixels that differ from a static-background estimate (the per-pixel temporal median).
 
-    ``d[i](p) = ||x[i](p) − median_t x[t](p)||`` (RGB L2) is thresholded at
+    ``d[i](p) = ||r[i](p) − median_p r[i](p)||`` with ``r[i] = x[i] − median_t x[t]`` (RGB L2:
+    the difference from the background, less the frame's global colour shift, so that a frame
+    that is brighter all over — a generated clip's first frame, say — is no foreground) is thresholded at
     ``max(Otsu(d), 4 · median(d))`` over the whole clip: Otsu's split of the difference
     histogram (Otsu 1979), floored above the noise level. Scale-free, so a low-contrast clip gives
     the same mask as its full-contrast original. A still object becomes part of the background.
@@ -539,7 +541,9 @@ def foreground_masks(video) -> np.ndarray:
     """
     v = as_video(video)
     _need_frames(v, 3)
-    d = (v - v.median(dim=0).values).pow(2).sum(dim=1).sqrt().numpy()  # (F, H, W)
+    r = v - v.median(dim=0).values
+    r = r - r.flatten(2).median(dim=2).values[..., None, None]    # a frame's global colour shift
+    d = r.pow(2).sum(dim=1).sqrt().numpy()  # (F, H, W)
     top = float(d.max())
     if top <= 0:
         return np.zeros(d.shape, dtype=bool)
@@ -575,13 +579,16 @@ def object_speeds(video, flows: np.ndarray | None = None, min_pixels: int = 9,
 
 
 def object_speed(video, flows: np.ndarray | None = None, min_pixels: int = 9, **farneback) -> float:
-    """Speed of the moving objects: median over transitions of :func:`object_speeds`.
+    """Speed of the moving objects: mean over transitions of :func:`object_speeds` (nan skipped).
+
+    The mean, not the median: a generated clip from a causal video VAE moves mostly at its chunk
+    seams and little within chunks, and its speed is the distance covered over the time taken.
 
     Returns:
         float in pixels/frame; 0.0 when no frame has a foreground (nothing moves).
     """
     s = object_speeds(video, flows, min_pixels, **farneback)
-    return float(np.nanmedian(s)) if np.isfinite(s).any() else 0.0
+    return float(np.nanmean(s)) if np.isfinite(s).any() else 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,14 +734,19 @@ DEGRADATIONS = {
     "low contrast (x0.2)": dict(contrast=0.2),
     "blurred (sigma 2.5 px)": dict(blur_sigma=2.5),
     "low contrast + blur + noise (0.01)": dict(contrast=0.2, blur_sigma=2.5, noise_std=0.01),
+    "moves at chunk seams only (T=4) + low contrast + blur + noise": dict(
+        contrast=0.2, blur_sigma=2.5, noise_std=0.01, seams_only=4),
 }
 
 
 def degrade(video, contrast: float = 1.0, blur_sigma: float = 0.0, noise_std: float = 0.0,
-            seed: int = 0) -> torch.Tensor:
-    """A clip made to look like a generated one: lower contrast, blur, noise.
+            seed: int = 0, seams_only: int = 0) -> torch.Tensor:
+    """A clip made to look like a generated one: lower contrast, blur, noise, motion at seams.
 
-    Each pixel's distance from the clip's mean colour is scaled by ``contrast``; each frame is
+    With ``seams_only = T`` every pixel frame shows the last frame of its latent chunk
+    (:func:`stas.layout.latent_frame_of`), so all motion happens at the chunk seams, as in the
+    decodes of the first house model; the mean speed over the clip is unchanged (for
+    ``F = 1 + T·k``). Then each pixel's distance from the clip's mean colour is scaled by ``contrast``; each frame is
     blurred with a Gaussian of ``blur_sigma`` px; Gaussian noise of standard deviation
     ``noise_std`` (``[0, 1]`` units, seeded) is added; the result is clipped to ``[0, 1]``.
 
@@ -742,9 +754,11 @@ def degrade(video, contrast: float = 1.0, blur_sigma: float = 0.0, noise_std: fl
         float32 tensor ``(F, 3, H, W)`` in ``[0, 1]``.
     """
     v = as_video(video)
-    if not 0 < contrast <= 1 or blur_sigma < 0 or noise_std < 0:
-        raise ValueError(f"need 0 < contrast <= 1, blur_sigma >= 0, noise_std >= 0; got "
-                         f"{contrast}, {blur_sigma}, {noise_std}")
+    if not 0 < contrast <= 1 or blur_sigma < 0 or noise_std < 0 or seams_only < 0:
+        raise ValueError(f"need 0 < contrast <= 1, blur_sigma >= 0, noise_std >= 0, seams_only >= 0; "
+                         f"got {contrast}, {blur_sigma}, {noise_std}, {seams_only}")
+    if seams_only:
+        v = v[[min(seams_only * latent_frame_of(i, seams_only), len(v) - 1) for i in range(len(v))]]
     mean = v.mean(dim=(0, 2, 3), keepdim=True)
     x = mean + (v - mean) * contrast if contrast != 1 else v
     if blur_sigma > 0:

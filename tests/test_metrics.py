@@ -311,6 +311,10 @@ def test_degrade():
     assert torch.equal(M.degrade(v, noise_std=0.1, seed=3), M.degrade(v, noise_std=0.1, seed=3))
     with pytest.raises(ValueError, match="contrast"):
         M.degrade(v, contrast=0)
+    # seams_only=4: frames 1-4 show frame 4, 5-8 show frame 8 (all motion at the chunk seams)
+    w = torch.arange(9, dtype=torch.float32).view(9, 1, 1, 1).expand(9, 3, 2, 2) / 10
+    held = M.degrade(w, seams_only=4)[:, 0, 0, 0] * 10
+    assert held.round().tolist() == [0, 4, 4, 4, 4, 8, 8, 8, 8]
 
 
 def test_validation_table(house_clips):
