@@ -1,0 +1,430 @@
+"""Train the house VAE on full-length world clips: ``python -m stas.house.train_vae {bench,train}``.
+
+Why a second VAE trainer (issue 8): the causal AutoencoderKLWan trained on 9-frame clips does not
+generalise past the latent frames it saw (29-frame clips: frames 9-28 at 12-14 dB), so the causal
+variant trains on whole 29-frame clips, with random spatial crops to keep a step cheap. The uniform
+variant is an image VAE (every latent frame is one pixel frame encoded alone), so it trains on single
+frames. A diffusers VAE step is mostly fixed cost (encode and decode run chunk by chunk with a
+feature cache: thousands of small kernels), so the whole step (forward, backward, clipping, AdamW,
+EMA) can be captured once as a CUDA graph and replayed (``--graph``; PyTorch's "whole network
+capture" recipe). ``bench`` times the step for a list of settings and prints the step rate.
+
+    python -m stas.house.train_vae bench --variant causal --batch 32 128 --crop 64 128 --graph 0 1
+    python -m stas.house.train_vae train --variant causal --minutes 9 --ckpt runs/vae-causal --export runs/export
+
+``train`` resumes from ``--ckpt`` (model, EMA, AdamW state, data-stream position, cumulative history);
+without one it starts fresh. ``--export`` writes the EMA weights with latent statistics from held-out
+clips (``save_pretrained``, safetensors) and ``vae_report.json`` (held-out PSNR per frame).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import world
+from .models import NUM_FRAMES, SIZE, VARIANTS, make_vae, pixel_frames
+from .train import EVAL_SEED0, load_ckpt, log, save_ckpt, vae_encode
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of a mean squared error over values in [-1, 1] (peak-to-peak 2)."""
+    return -10 * torch.log10(mse / 4)
+
+
+class Batches:
+    """Training inputs from a reproducible world-clip stream (``seed`` is the stream position).
+
+    causal: clips (B, 3, 29, crop, crop), one random crop per clip. uniform: single frames
+    (B, 3, 1, crop, crop) drawn from the frames the uniform VAE encodes (0, 4, ..., 28) of B/8 clips.
+    """
+
+    def __init__(self, variant, batch, crop, seed, device):
+        self.variant, self.batch, self.crop, self.device = variant, batch, crop, device
+        self.stream = world.ClipStream(start_seed=seed, num_frames=NUM_FRAMES, size=SIZE, device=device)
+        self.rng = np.random.default_rng(seed)
+
+    def next(self):
+        if self.variant == "causal":
+            video, _ = self.stream.next(self.batch)
+        else:
+            fr = pixel_frames("uniform")
+            clips, _ = self.stream.next(max(1, self.batch // len(fr)))
+            video = clips[:, :, fr].transpose(1, 2).reshape(-1, 3, 1, SIZE, SIZE)[: self.batch]
+        c = self.crop
+        if c >= SIZE:
+            return video
+        ij = self.rng.integers(0, SIZE - c + 1, size=(video.shape[0], 2))
+        return torch.stack([v[..., i:i + c, j:j + c] for v, (i, j) in zip(video, ij)])
+
+
+class Step:
+    """One training step (loss, backward, clip, AdamW, EMA), eager or replayed as a CUDA graph.
+
+    ``run(x)`` -> (mse, kl) as 0-dim float32 device tensors (no host sync). The graph is captured on the
+    first call after three warm-up steps (they train too); inputs are copied into a static buffer.
+    """
+
+    def __init__(self, vae, opt, ema, kl_weight, graph, ema_decay=0.999):
+        self.vae, self.opt, self.ema, self.kl_weight = vae, opt, ema, kl_weight
+        self.params = [p for p in vae.parameters() if p.requires_grad]
+        self.ema_list = [ema[n] for n, p in vae.named_parameters() if p.requires_grad]
+        self.decay = ema_decay
+        self.ema_w = torch.zeros((), device=self.params[0].device)  # 1 - decay of this step, set by run()
+        self.use_graph, self.graph, self.static_x, self.out = graph, None, None, None
+
+    def _step(self, x):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda, cache_enabled=False):
+            post = self.vae.encode(x).latent_dist
+            z = post.sample()
+            rec = self.vae.decode(z).sample
+        rec = rec.float()
+        mse = F.mse_loss(rec, x)
+        kl = post.kl().mean() / float(np.prod(z.shape[1:]))
+        loss = (rec - x).abs().mean() + mse + self.kl_weight * kl
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
+        self.opt.step()
+        d = torch._foreach_sub([p.detach() for p in self.params], self.ema_list)
+        torch._foreach_mul_(d, self.ema_w)
+        torch._foreach_add_(self.ema_list, d)
+        return mse.detach(), kl.detach()
+
+    def run(self, x, step: int):
+        """One step; ``step`` (completed steps so far) sets the EMA decay min(0.999, (1+n)/(10+n))."""
+        self.ema_w.fill_(1 - min(self.decay, (1 + step) / (10 + step)))
+        if not self.use_graph:
+            self.opt.zero_grad(set_to_none=True)
+            return self._step(x)
+        if self.graph is None:
+            self.static_x = x.clone()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    self.opt.zero_grad(set_to_none=True)
+                    self._step(self.static_x)
+            torch.cuda.current_stream().wait_stream(s)
+            self.graph = torch.cuda.CUDAGraph()
+            self.opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(self.graph):
+                self.out = self._step(self.static_x)
+        self.static_x.copy_(x)
+        self.graph.replay()
+        return self.out
+
+
+def image_only_(vae):
+    """Zero every causal conv's taps on past frames, in place: each frame is then encoded and decoded
+    alone, also when a whole clip is decoded at once (as WanPipeline does). The uniform variant trains on
+    single frames, where those taps only ever see zero padding: their gradient is 0, so they stay 0.
+    Returns the number of convolutions changed."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    n = 0
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, WanCausalConv3d) and m.kernel_size[0] > 1:
+                m.weight[:, :, :-1] = 0
+                n += 1
+    return n
+
+
+def build(variant, lr, device, graph):
+    vae = make_vae(variant).to(device).train()
+    if variant == "uniform":
+        image_only_(vae)
+    ema = {n: p.detach().clone().float() for n, p in vae.named_parameters()}
+    lr_t = torch.tensor(lr, device=device) if graph else lr
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr_t, betas=(0.9, 0.99), weight_decay=0.0, capturable=graph)
+    return vae, ema, opt
+
+
+@torch.no_grad()
+def heldout(vae, variant, device, n=64, seed=EVAL_SEED0 + 7):
+    """Held-out PSNR (dB) of the VAE's mode reconstruction on ``n`` full 29-frame 128² clips.
+
+    Returns (clip PSNR over all frames, per-frame PSNR list, latent mean (16,), latent std (16,)).
+    """
+    vae.eval()
+    ev = world.ClipStream(start_seed=seed, device=device)
+    fr = pixel_frames(variant)
+    se, cnt, mus = torch.zeros(len(fr), device=device), 0, []
+    for _ in range(max(1, n // 16)):
+        video, _ = ev.next(min(16, n))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
+            mu = vae_encode(vae, video, variant)
+            rec = vae.decode(mu).sample
+        mus.append(mu.float())
+        se += ((rec.float().clamp(-1, 1) - video[:, :, fr]) ** 2).mean(dim=(1, 3, 4)).sum(0)
+        cnt += video.shape[0]
+    vae.train()
+    per_frame = se / cnt
+    mu = torch.cat(mus)
+    return (float(psnr(per_frame.mean())), [round(float(v), 2) for v in psnr(per_frame)],
+            mu.mean(dim=(0, 2, 3, 4)), mu.std(dim=(0, 2, 3, 4)).clamp(min=1e-3))
+
+
+def bench(args):
+    dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    rows = []
+    for graph in args.graph:
+        for batch in args.batch:
+            for crop in args.crop:
+                torch.manual_seed(0)
+                vae, ema, opt = build(args.variant, 1e-4, dev, bool(graph))
+                step = Step(vae, opt, ema, args.kl, bool(graph))
+                data = Batches(args.variant, batch, crop, 0, dev)
+                xs = [data.next() for _ in range(2)]
+                torch.cuda.synchronize()
+                t = time.time()
+                for _ in range(4):
+                    data.next()
+                torch.cuda.synchronize()
+                t_data = (time.time() - t) / 4
+                for i in range(5):  # warm-up (and graph capture)
+                    step.run(xs[i % 2], i)
+                torch.cuda.synchronize()
+                t = time.time()
+                for i in range(args.steps):
+                    mse, _ = step.run(xs[i % 2], i)
+                torch.cuda.synchronize()
+                dt = (time.time() - t) / args.steps
+                pix = xs[0].numel() / 3
+                row = dict(variant=args.variant, graph=bool(graph), batch=batch, crop=crop, ms_step=round(dt * 1e3, 1),
+                           mpix_s=round(pix / dt / 1e6, 1), ms_data=round(t_data * 1e3, 1),
+                           mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), finite=bool(torch.isfinite(mse)))
+                rows.append(row)
+                log(json.dumps(row))
+                del vae, ema, opt, step
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def train(args):
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    graph = bool(args.graph) and dev.type == "cuda"
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(args.seed)
+    vae, ema, opt = build(args.variant, args.lr, dev, graph)
+    ckpt = Path(args.ckpt)
+    state = dict(step=0, seconds=0.0, seed=args.seed * 10_000_000, history=[], runs=[])
+    if (ckpt / "state.json").exists():
+        state = load_ckpt(ckpt, vae, ema, opt, dev)
+        log(f"resumed {ckpt} at step {state['step']} ({state['seconds'] / 60:.1f} min)")
+        if args.reset_ema:
+            with torch.no_grad():
+                for n, p in vae.named_parameters():
+                    ema[n].copy_(p)
+    data = Batches(args.variant, args.batch, args.crop, state["seed"], dev)
+    step = Step(vae, opt, ema, args.kl, graph)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+
+    def save():
+        state["seed"] = data.stream.seed
+        save_ckpt(ckpt, vae, ema, opt, state)
+
+    t0, s0, n0 = time.time(), state["seconds"], state["step"]
+    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, graph=graph,
+               device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
+    last_eval = time.time()
+    while not stop and time.time() - t0 < args.minutes * 60:
+        k = state["step"]
+        lr = args.lr * min(1.0, (k + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"].fill_(lr) if torch.is_tensor(g["lr"]) else g.__setitem__("lr", lr)
+        mse, kl = step.run(data.next(), k)
+        state["step"] = k + 1
+        if state["step"] % 50 == 0:
+            state["seconds"] = s0 + time.time() - t0
+            row = dict(step=state["step"], minutes=round(state["seconds"] / 60, 2), train_psnr=round(float(psnr(mse)), 2),
+                       kl=round(float(kl), 4))
+            if time.time() - last_eval > args.eval_every:
+                row["heldout_psnr"] = round(_ema_heldout(vae, ema, args.variant, dev)[0], 2)
+                last_eval = time.time()
+                save()
+            state["history"].append(row)
+            log(f"vae[{args.variant}] {json.dumps(row)}")
+    state["seconds"] = s0 + time.time() - t0
+    run.update(end_step=state["step"], minutes=round((time.time() - t0) / 60, 2))
+    state["runs"].append(run)
+    save()
+    log(f"vae[{args.variant}] saved {ckpt} at step {state['step']}")
+    if args.export:
+        export(ema, args.variant, args.export, state, dev)
+
+
+def _ema_heldout(vae, ema, variant, dev):
+    live = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    with torch.no_grad():
+        for n, p in vae.named_parameters():
+            p.copy_(ema[n])
+        out = heldout(vae, variant, dev)
+        for n, p in vae.named_parameters():
+            p.copy_(live[n])
+    return out
+
+
+def export(weights, variant, out, state, dev, clips=64):
+    """Weights (a state dict: EMA or live) + latent statistics from ``clips`` held-out clips ->
+    ``out/<variant>/vae`` (save_pretrained, safetensors) and ``out/<variant>/vae_report.json``."""
+    e = make_vae(variant).to(dev)
+    e.load_state_dict({**e.state_dict(), **weights})
+    if variant == "uniform":
+        image_only_(e)
+    clip_psnr, per_frame, mean, std = heldout(e, variant, dev, n=clips)
+    e.register_to_config(latents_mean=[round(float(x), 5) for x in mean],
+                         latents_std=[round(float(x), 5) for x in std])
+    d = Path(out) / variant
+    e.to(torch.float32).save_pretrained(str(d / "vae"), safe_serialization=True, max_shard_size="15MB")
+    rep = dict(variant=variant, steps=state["step"], minutes=round(state["seconds"] / 60, 2),
+               heldout_psnr=round(clip_psnr, 2), heldout_psnr_per_frame=per_frame, heldout_clips=clips,
+               params=sum(p.numel() for p in e.parameters()), runs=state["runs"], history=state["history"])
+    (d / "vae_report.json").write_text(json.dumps(rep, indent=1))
+    log(f"vae[{variant}] exported {d}: held-out PSNR {clip_psnr:.2f} dB, per frame {per_frame}")
+    return rep
+
+
+def export_ckpt(args):
+    from safetensors.torch import load_file
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    state = json.loads((Path(args.ckpt) / "state.json").read_text())
+    w = load_file(str(Path(args.ckpt) / f"{args.weights}.safetensors"), device=str(dev))
+    rep = export(w, args.variant, args.out, state, dev, clips=args.clips)
+    rep["exported_weights"] = args.weights
+    (Path(args.out) / args.variant / "vae_report.json").write_text(json.dumps(rep, indent=1))
+
+
+@torch.no_grad()
+def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
+    """Issue 8's VAE gate on ``clips`` held-out world clips (29 frames, 128²), mode reconstructions.
+
+    Returns a dict: ``psnr`` (dB over the frames the variant models); ``detector_ok`` on reconstructions
+    and ``detector_ok_real`` on the real frames (fraction of clips whose named objects all have their
+    colour and shape recognised, ``detect.score_clip``); ``change_ratio`` per transition (mean |x_{t+1} -
+    x_t| of reconstructions over that of the real frames, averaged over clips) and its worst deviation
+    from 1 at chunk seams (pixel 4k -> 4k+1, k >= 1) and within chunks; ``speed_ratio``: the objects'
+    mean centroid speed (detector, px/frame) on reconstructions over that on the real frames;
+    ``decode_s``: CPU seconds to decode one clip's latents (2 threads, median of 3).
+    """
+    from .detect import detect, score_clip
+    from .world import parse_prompt
+
+    fr = pixel_frames(variant)
+    dev = next(vae.parameters()).device
+    stream = world.ClipStream(start_seed=seed, device=dev)
+    se = ok = ok_real = 0.0
+    change_r, change_f, sp_r, sp_f = [], [], [], []
+    for _ in range(0, clips, 8):
+        video, caps = stream.next(min(8, clips))
+        real = video[:, :, fr]
+        rec = vae.decode(vae_encode(vae, video, variant)).sample.float().clamp(-1, 1)
+        se += float(((rec - real) ** 2).mean(dim=(1, 2, 3, 4)).sum())
+        for b, cap in enumerate(caps):
+            r01 = ((rec[b].transpose(0, 1) + 1) / 2).cpu()
+            g01 = ((real[b].transpose(0, 1) + 1) / 2).cpu()
+            ok += score_clip(r01, cap)["ok"]
+            ok_real += score_clip(g01, cap)["ok"]
+            change_f.append((g01[1:] - g01[:-1]).abs().mean(dim=(1, 2, 3)))
+            change_r.append((r01[1:] - r01[:-1]).abs().mean(dim=(1, 2, 3)))
+            for ob in parse_prompt(cap):
+                s = [_speed(detect(v, ob["colour"])) for v in (r01, g01)]
+                if np.isfinite(s).all() and s[1] > 0.5:  # moving objects, seen in both
+                    sp_r.append(s[0])
+                    sp_f.append(s[1])
+    n = clips
+    ratio = torch.stack(change_r).mean(0) / torch.stack(change_f).mean(0)
+    seams = [t for t in range(len(fr) - 1) if variant == "causal" and t >= 1 and t % 4 == 0]
+    within = [t for t in range(len(fr) - 1) if t not in seams]
+    vae_cpu = vae.to("cpu").float()
+    lat = vae_encode(vae_cpu, video[:1].cpu().float(), variant)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        vae_cpu.decode(lat)
+        times.append(time.perf_counter() - t)
+    torch.set_num_threads(threads)
+    vae.to(dev)
+    return dict(variant=variant, clips=n, psnr=round(float(psnr(torch.tensor(se / n))), 2),
+                detector_ok=round(ok / n, 3), detector_ok_real=round(ok_real / n, 3),
+                change_ratio=[round(float(r), 3) for r in ratio],
+                change_dev_seams=round(float((ratio[seams] - 1).abs().max()), 3) if seams else None,
+                change_dev_within=round(float((ratio[within] - 1).abs().max()), 3),
+                speed_ratio=round(float(np.sum(sp_r) / np.sum(sp_f)), 3) if sp_f else None, speed_objects=len(sp_f),
+                decode_s=round(float(np.median(times)), 2))
+
+
+def _speed(det):
+    """Mean centroid displacement (px/frame) between consecutive frames where the object is present."""
+    c = np.array([d["centroid"] for d in det], dtype=float)
+    step = np.linalg.norm(np.diff(c, axis=0), axis=1)
+    step = step[np.isfinite(step)]
+    return float(step.mean()) if len(step) else float("nan")
+
+
+def gate_cli(args):
+    from diffusers import AutoencoderKLWan
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    vae = AutoencoderKLWan.from_pretrained(args.vae, torch_dtype=torch.float32).to(dev).eval()
+    res = gate(vae, args.variant, args.clips)
+    log(json.dumps(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m stas.house.train_vae")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="time one training step for each setting")
+    b.add_argument("--variant", choices=VARIANTS, default="causal")
+    b.add_argument("--batch", type=int, nargs="+", default=[32])
+    b.add_argument("--crop", type=int, nargs="+", default=[SIZE])
+    b.add_argument("--graph", type=int, nargs="+", default=[0, 1])
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--kl", type=float, default=1e-4)
+    b.add_argument("--json", default=None)
+    t = sub.add_parser("train")
+    t.add_argument("--variant", choices=VARIANTS, default="causal")
+    t.add_argument("--minutes", type=float, default=9.0)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--crop", type=int, default=64, help="spatial crop side in pixels (128: whole frames)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--kl", type=float, default=1e-4)
+    t.add_argument("--graph", type=int, default=1, help="replay the step as a CUDA graph")
+    t.add_argument("--seed", type=int, default=2)
+    t.add_argument("--eval-every", type=float, default=120.0, help="seconds between held-out evaluations")
+    t.add_argument("--ckpt", required=True, help="resume checkpoint folder (keep it under runs/)")
+    t.add_argument("--export", default=None, help="folder for EMA weights + report")
+    t.add_argument("--reset-ema", action="store_true", help="on resume, restart the EMA from the live weights")
+    e = sub.add_parser("export", help="checkpoint -> save_pretrained VAE + report (CPU is fine)")
+    e.add_argument("--variant", choices=VARIANTS, default="causal")
+    e.add_argument("--ckpt", required=True)
+    e.add_argument("--weights", choices=("ema", "model"), default="ema")
+    e.add_argument("--out", required=True)
+    e.add_argument("--clips", type=int, default=64, help="held-out clips for PSNR and latent statistics")
+    g = sub.add_parser("gate", help="issue-8 gate 1 on a saved VAE: PSNR, detector, frame change, speed, CPU decode")
+    g.add_argument("--variant", choices=VARIANTS, default="causal")
+    g.add_argument("--vae", required=True, help="save_pretrained folder of the VAE")
+    g.add_argument("--clips", type=int, default=32)
+    g.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    {"bench": bench, "train": train, "export": export_ckpt, "gate": gate_cli}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
