@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from .steer import steer_values
+
 __all__ = ["CONTROLS", "stas_edit", "matched_random_edit"]
 
 CONTROLS = ("random_positions", "random_channel")
@@ -48,9 +50,10 @@ def _check(h: torch.Tensor, positions, channels) -> tuple[torch.Tensor, torch.Te
 
 
 def _rule(h32: torch.Tensor, pos: torch.Tensor, chan: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The STAS values at (pos × chan): ``alpha · max_t |h[t, c]| · sign(h[pos, c])``, (P, C) float32."""
-    ref = h32[:, chan].abs().amax(dim=0)                                  # (C,) global max over tokens
-    return alpha * ref * torch.sign(h32[pos][:, chan])
+    """The STAS values at (pos × chan): ``alpha · max_t |h[t, c]| · sign(h[pos, c])``, (P, C) float32
+    (`stas.steer.steer_values`, the rule the steering hook applies)."""
+    new, _ = steer_values(h32[None][:, :, chan], alpha, zero=False)       # (1, L, C)
+    return new[0, pos]
 
 
 def stas_edit(h: torch.Tensor, positions, channels, alpha: float = 1.0) -> torch.Tensor:

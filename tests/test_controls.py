@@ -1,13 +1,10 @@
 """stas.controls: the matched-size random edit has STAS's entry count and L2 size, and touches nothing else."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from stas.controls import matched_random_edit, stas_edit
 from stas.layout import TokenLayout
-from stas.steer import _SteerHook
 
 L, D = 96, 32
 MA = (5, 17)
@@ -30,13 +27,14 @@ def positions():
     return lay.position_mask(("first_frame", "boundary"))
 
 
-def test_stas_edit_matches_the_steer_hook(h, positions):
-    out = h[None].clone()
-    owner = SimpleNamespace(active=True, adapter=SimpleNamespace(video_tokens=lambda o: o),
-                            chan_idx=torch.tensor(MA), mask=positions, slices=[slice(0, 1)], zero=False,
-                            alpha=1.5)
-    _SteerHook(owner)(None, None, out)
-    assert torch.equal(stas_edit(h, positions, MA, alpha=1.5), out[0])
+def test_stas_edit_matches_a_brute_force_loop(h, positions):
+    ref = h.clone()
+    for c in MA:
+        peak = max(abs(float(v)) for v in h[:, c])
+        for t in range(L):
+            if positions[t]:
+                ref[t, c] = 1.5 * peak * (1.0 if h[t, c] > 0 else -1.0 if h[t, c] < 0 else 0.0)
+    torch.testing.assert_close(stas_edit(h, positions, MA, alpha=1.5), ref, rtol=1e-6, atol=0)
     # bool mask and index list give the same edit
     assert torch.equal(stas_edit(h, positions, MA, 1.5), stas_edit(h, positions.nonzero().flatten().tolist(), MA, 1.5))
 
