@@ -23,6 +23,7 @@ Tests check this kernel against a float64 brute force in Triton's CPU interprete
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext as _nullcontext
 
 import torch
 
@@ -68,12 +69,34 @@ def sample_positions(numel: int, key: torch.Tensor) -> torch.Tensor:
 if triton is not None:
     @triton.jit
     def _main_pass(x_ptr, pmax_ptr, psum_ptr, out_ptr, tok_ptr, at_ptr, key_ptr, chan_ptr,
-                   N, D, rs, n_col, n_main, n_samp, M, S, K, OUT_W, L, NB, C,
+                   N, D, rs, n_col, n_samp, n_gather, M, S, K, OUT_W, L, NB, C,
                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr):
+        # programs [0, n_samp): median sample; [n_samp, n_gather): chosen channels; then column tiles.
+        # The few gathers come first so that they overlap the bandwidth-bound tiles.
         pid = tl.program_id(0)
-        if pid < n_main:  # column tile: ROWS rows x BLOCK_D channels -> partial max and sum
-            pid_d = pid % n_col
+        if pid < n_samp:  # median sample: |x| at one position per stratum (sample_positions)
+            at = tl.load(at_ptr)
+            i = pid * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
+            ins = i < S
+            lo = i * M // S
+            o = lo + tl.load(key_ptr + i, mask=ins, other=0) % tl.maximum((i + 1) * M // S - lo, 1)
+            v = tl.load(x_ptr + (o // D) * rs + o % D, mask=ins, other=0.0)
+            v = tl.where(ins, tl.abs(v.to(tl.float32)), float("nan"))
+            tl.store(out_ptr + at * OUT_W + 2 * D + i, v, mask=i < K)
+        elif pid < n_gather:  # chosen channels: batch mean of x[., l, chan[j]] for BLOCK_T tokens l
+            at = tl.load(at_ptr)
+            t = (pid - n_samp) * BLOCK_T + tl.arange(0, BLOCK_T)
+            tm = t < L
+            for j in range(C):
+                c = tl.load(chan_ptr + j)
+                acc = tl.zeros([BLOCK_T], dtype=tl.float32)
+                for bi in range(NB):
+                    acc += tl.load(x_ptr + (bi * L + t).to(tl.int64) * rs + c, mask=tm, other=0.0).to(tl.float32)
+                tl.store(tok_ptr + (at * L + t) * C + j, acc / NB, mask=tm)
+        else:  # column tile: ROWS rows x BLOCK_D channels -> partial max and sum (fp32)
+            pid = pid - n_gather
+            pid_d = pid % n_col  # neighbouring programs read neighbouring channels of the same rows
             pid_n = pid // n_col
             cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
             cmask = cols < D
@@ -89,25 +112,6 @@ if triton is not None:
                 acc_sum += tl.sum(v, axis=0)
             tl.store(pmax_ptr + pid_n * D + cols, acc_max, mask=cmask)
             tl.store(psum_ptr + pid_n * D + cols, acc_sum, mask=cmask)
-        elif pid < n_main + n_samp:  # median sample: |x| at one position per stratum (sample_positions)
-            at = tl.load(at_ptr)
-            i = (pid - n_main) * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)
-            ins = i < S
-            lo = i * M // S
-            o = lo + tl.load(key_ptr + i, mask=ins, other=0) % tl.maximum((i + 1) * M // S - lo, 1)
-            v = tl.load(x_ptr + (o // D) * rs + o % D, mask=ins, other=0.0)
-            v = tl.where(ins, tl.abs(v.to(tl.float32)), float("nan"))
-            tl.store(out_ptr + at * OUT_W + 2 * D + i, v, mask=i < K)
-        else:  # chosen channels: batch mean of x[., l, chan[j]] for BLOCK_T tokens l
-            at = tl.load(at_ptr)
-            t = (pid - n_main - n_samp) * BLOCK_T + tl.arange(0, BLOCK_T)
-            tm = t < L
-            for j in range(C):
-                c = tl.load(chan_ptr + j)
-                acc = tl.zeros([BLOCK_T], dtype=tl.float32)
-                for bi in range(NB):
-                    acc += tl.load(x_ptr + (bi * L + t).to(tl.int64) * rs + c, mask=tm, other=0.0).to(tl.float32)
-                tl.store(tok_ptr + (at * L + t) * C + j, acc / NB, mask=tm)
 
     @triton.jit
     def _final_pass(pmax_ptr, psum_ptr, out_ptr, at_ptr, P, D, OUT_W, inv_n,
@@ -152,12 +156,15 @@ def block_stats(x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, tokens, ch
     n_samp, n_tok = triton.cdiv(K, block_s), (triton.cdiv(L, block_t) if C else 0)
     pmax = torch.empty(p, D, device=x.device, dtype=torch.float32)
     psum = torch.empty(p, D, device=x.device, dtype=torch.float32)
-    _main_pass[(n_col * p + n_samp + n_tok,)](
-        flat, pmax, psum, out, out if tokens is None else tokens, at, key, chan_idx,
-        n, D, flat.stride(0), n_col, n_col * p, n_samp, n * D, S, K, out.shape[1], L, b, C,
-        ROWS=rows, BLOCK_N=cfg["block_n"], BLOCK_D=cfg["block_d"], BLOCK_S=block_s, BLOCK_T=block_t,
-        num_warps=cfg["num_warps"])
+    tok = out if tokens is None else tokens
+    assert out.stride(1) == 1 and tok.is_contiguous(), "record buffers are contiguous"
     block_p = triton.next_power_of_2(p)
     block_f = max(1, min(64, 4096 // block_p))
-    _final_pass[(triton.cdiv(D, block_f),)](pmax, psum, out, at, p, D, out.shape[1], 1.0 / n,
-                                             BLOCK_P=block_p, BLOCK_F=block_f, num_warps=4)
+    with torch.cuda.device(x.device) if x.is_cuda else _nullcontext():  # launch on x's GPU
+        _main_pass[(n_samp + n_tok + n_col * p,)](
+            flat, pmax, psum, out, tok, at, key, chan_idx,
+            n, D, flat.stride(0), n_col, n_samp, n_samp + n_tok, n * D, S, K, out.stride(0), L, b, C,
+            ROWS=rows, BLOCK_N=cfg["block_n"], BLOCK_D=cfg["block_d"], BLOCK_S=block_s, BLOCK_T=block_t,
+            num_warps=cfg["num_warps"])
+        _final_pass[(triton.cdiv(D, block_f),)](pmax, psum, out, at, p, D, out.stride(0), 1.0 / n,
+                                                 BLOCK_P=block_p, BLOCK_F=block_f, num_warps=4)
