@@ -78,3 +78,23 @@ def test_readme_update_between_markers(tmp_path):
 def test_readme_table_is_the_committed_results():
     res = json.loads(overhead.RESULTS.read_text())
     assert overhead.table(res) in (ROOT / "README.md").read_text()
+
+
+def test_small_benchmark_runs_on_cpu(tmp_path):
+    """``benchmarks/overhead.py --small``: every part runs on the CPU, statistics equal float64, one compiled
+    graph per hook configuration, no graph breaks, the README table renders from its JSON."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--small", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT, env={**__import__("os").environ,
+                                                                                  "TRITON_INTERPRET": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    row = res["kernel"]["backends"]["torch"]["torch.float32"]
+    assert row["max_rel_err"] == 0 and row["mean_rel_err"] < 1e-6 and row["median_in_band_99"]
+    assert res["compiled"]["graph_breaks"] == 0 and res["compiled"]["graphs_added_while_timing_hooks"] == 0
+    assert res["compiled"]["forward"]["record (4 blocks)"]["graphs_added"] == 1
+    assert set(res["pipeline"]["ratio"]) == {"none", "record", "STAS"}
+    assert overhead.table(res) in r.stdout
