@@ -393,6 +393,11 @@ def part_pipeline(b: Bench):
 
     times = {n: [] for n in variants}
     with torch.no_grad():
+        if "compiled" in b.res:  # compiled blocks: compile every variant's graph before timing
+            for name, make in variants.items():
+                with make():
+                    call()
+            b.log("pipeline: compiled variants warmed up")
         for r in range(b.args.pipeline_repeats):
             names = list(variants)
             for name in names[r % 3:] + names[:r % 3]:
@@ -437,6 +442,27 @@ def decide(res: dict, margin: float = 1.2):
             "line": f'CUDA_BACKEND = "{recommend}"  # stas/_kernels.py'}
 
 
+EST_S = {"kernel": 60, "eager": 60, "compiled": 180}  # rough H200 wall times of the parts, compile included
+
+
+def fits(b: Bench, part: str, later) -> bool:
+    """Whether ``part`` fits the budget, keeping room for the compiled part if it comes later; the
+    pipeline part drops to one repeat before it is skipped. A skipped part is noted in the JSON."""
+    left = b.args.budget_s - (time.perf_counter() - b.t0) - (EST_S["compiled"] if "compiled" in later else 0)
+    fwd_s = b.res.get("eager", {}).get("forward", {}).get("none", {}).get("median_ms", 650) / 1e3
+    pipe_s = lambda reps: 3 * reps * 2 * b.args.pipeline_steps * fwd_s * 1.1 + 20  # noqa: E731
+    need = pipe_s(b.args.pipeline_repeats) if part == "pipeline" else EST_S.get(part, 0)
+    if b.args.small or need <= left:
+        return True
+    if part == "pipeline" and pipe_s(1) <= left:
+        b.args.pipeline_repeats = 1
+        b.log("pipeline: one repeat per variant (budget)")
+        return True
+    b.res.setdefault("skipped", {})[part] = f"needed ~{need:.0f} s, {left:.0f} s left of --budget-s"
+    b.log(f"skipping part {part}: {b.res['skipped'][part]}")
+    return False
+
+
 # -- the README table ----------------------------------------------------------------------------
 
 def table(res: dict) -> str:
@@ -448,9 +474,10 @@ def table(res: dict) -> str:
              f"`python benchmarks/overhead.py`.", ""]
     kern = res.get("kernel", {})
     if kern:
+        tile = ", ".join(f"{k}={v}" for k, v in res.get("triton_config", {}).items())
         lines += [f"`record` on all {res['blocks']} blocks, hooks' own GPU time by reduction backend "
-                  f"(default on CUDA: `{res['cuda_backend']}`; one read of the block output: "
-                  f"{kern['read_floor_us']:.1f} µs):", "",
+                  f"(default on CUDA: `{res['cuda_backend']}`; Triton tile {tile}; one read of the block output "
+                  f"(`flat.sum(0)`): {kern['read_floor_us']:.1f} µs):", "",
                   "| reduction | kernel alone, µs/block | eager, µs/block | eager, % of forward | "
                   "compiled, µs/block (median [IQR]) | compiled, % of forward | max rel. error (max, mean) vs float64 |",
                   "|---|---|---|---|---|---|---|"]
@@ -491,6 +518,8 @@ def table(res: dict) -> str:
         if m.get("measured_bytes") is not None:
             lines.append(f"`record` took {m['measured_bytes'] / 1e6:.0f} MB of device memory for this run "
                          f"(`recording_bytes` formula: {m['formula_bytes'] / 1e6:.0f} MB).")
+    if res.get("skipped"):
+        lines += ["", "Not measured in this run (time budget): " + "; ".join(f"{k} ({v})" for k, v in res["skipped"].items())]
     return "\n".join(lines)
 
 
@@ -511,6 +540,8 @@ def main():
     ap.add_argument("--pipeline-repeats", type=int, default=2)
     ap.add_argument("--no-sweep", action="store_true", help="skip the Triton tile sweep")
     ap.add_argument("--compiled-steer", action="store_true", help="also compile and time STAS (one more graph)")
+    ap.add_argument("--budget-s", type=float, default=540, help="wall-time budget: a part that would not fit is "
+                                                                "shortened or skipped (and noted in the JSON)")
     ap.add_argument("--out", default=None, help=f"results JSON (default on a GPU: {RESULTS.relative_to(ROOT)})")
     ap.add_argument("--readme", action="store_true", help="write the README table from --out (or the committed "
                                                            "JSON) and exit; no GPU needed")
@@ -525,7 +556,10 @@ def main():
     b = Bench(args)
     parts = {"kernel": part_kernel, "eager": lambda b: part_mode(b, "eager"),
              "compiled": lambda b: part_mode(b, "compiled"), "pipeline": part_pipeline}
-    for name in args.parts.split(","):
+    order = args.parts.split(",")
+    for i, name in enumerate(order):
+        if not fits(b, name, order[i + 1:]):
+            continue
         b.log(f"part {name}")
         parts[name](b)
     b.res["decision"] = decide(b.res)

@@ -420,6 +420,8 @@ class record(HookContext):
             bufs = {"stats": torch.full((S, 2 * D + self.median_elems), float("nan"), device=dev)}
             if C:
                 bufs["tokens"] = torch.full((S, L, C), float("nan"), device=dev)
+            for v in bufs.values():  # the row count (2 x steps) never enters a compiled block's graph:
+                torch._dynamo.maybe_mark_dynamic(v, 0)  # a run of another length reuses it
             hook.bufs = bufs
         self._cur["alloc"] = True
 

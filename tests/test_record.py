@@ -210,3 +210,24 @@ def test_recording_bytes_is_what_record_allocates(wan):
     assert used == recording_bytes(ad.num_blocks, ad.hidden_size, L, 2, channels=2, median_elems=1000)
     assert recording_bytes(30, 1536, 32760, 50, channels=2) == 1_019_712_000  # Wan2.1-1.3B, full size (README)
     assert recording_bytes(30, 1536, 32760, 50) == 233_472_000
+
+
+def test_compiled_blocks_one_graph_for_runs_of_any_length():
+    """compile_repeated_blocks(fullgraph=True): runs of 2 and then 3 steps (buffers of 4 and 6 rows) share
+    one recording graph: the buffers' row count is dynamic, so a new run length does not recompile."""
+    from torch._dynamo.utils import counters
+
+    from test_setups import tiny
+
+    pipe = tiny()
+    pipe.transformer.compile_repeated_blocks(backend="eager", fullgraph=True)
+    kw = dict(prompt="a ball", height=32, width=32, num_frames=9, guidance_scale=2.0, max_sequence_length=16,
+              output_type="pt")
+    pipe(num_inference_steps=2, **kw)
+    n0 = counters["stats"]["unique_graphs"]
+    with stas.record(pipe, channels=[1]) as rec:
+        pipe(num_inference_steps=2, **kw)
+        first = rec.stats
+        pipe(num_inference_steps=3, **kw)
+    assert counters["stats"]["unique_graphs"] - n0 == 1
+    assert first.num_steps == 2 and first["filled"].all()
