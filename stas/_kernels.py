@@ -8,11 +8,11 @@ for a full-size Wan2.1-1.3B block) `block_stats` writes, into row ``at`` of the 
 * ``out[at, 2D:2D+K]``   |flat| at K fixed positions (`sample_positions`; NaN past N*D)
 * ``tokens[at, l, j]``   mean over the batch of x[., l, chan[j]]              (float32)
 
-with two launches: (1) a 1-D grid whose first programs each reduce a tile of ``rows_per_program``
-rows x ``block_d`` channels (loads coalesced along channels, fp32 partial max and sum per tile),
-and whose last few programs gather the sample and the chosen channels' token values (they run in
-the main pass's tail, where the GPU has room); (2) a tiny pass that combines the partials per
-channel and writes the row. No host sync, no atomics (the sums are bit-reproducible).
+with two launches: (1) a 1-D grid whose first few programs gather the sample and the chosen
+channels' token values (they start first and overlap the rest) and whose other programs each reduce
+a tile of ``rows_per_program`` rows x ``block_d`` channels (loads coalesced along channels, fp32
+partial max and sum per tile); (2) a tiny pass that combines the partials per channel and writes the
+row. No host sync, no atomics (the sums are bit-reproducible). Without Triton the torch path runs.
 
 `stas.record` uses it on CUDA when ``CUDA_BACKEND == "triton"`` and Triton is importable; the
 torch implementation (`stas.record.reduce_block_output`) is the reference and the CPU path.
@@ -31,8 +31,10 @@ import torch
 # (`stas.record.reduce_block_output`, eager or through torch.compile). Chosen from the GPU numbers in
 # benchmarks/results/overhead.json; changing it is this one line.
 CUDA_BACKEND = "triton"
-# Tile of the main pass (see module docstring); benchmarks/overhead.py sweeps alternatives.
-CONFIG = dict(block_n=32, block_d=256, rows_per_program=256, num_warps=4)
+# Tile of the main pass (see module docstring): block_n rows x block_d channels per load, rows per
+# program, warps, elementwise accumulators (acc2d) and software-pipelined loads (stages > 1: cp.async).
+# benchmarks/overhead.py sweeps alternatives at the real shape and prints the fastest as this line.
+CONFIG = dict(block_n=16, block_d=256, rows_per_program=512, num_warps=4, acc2d=True, stages=3)
 BACKEND = None  # set by benchmarks and tests to force one backend everywhere ("torch", "triton", ...)
 
 try:
@@ -71,7 +73,8 @@ if triton is not None:
     def _main_pass(x_ptr, pmax_ptr, psum_ptr, out_ptr, tok_ptr, at_ptr, key_ptr, chan_ptr,
                    N, D, rs, n_col, n_samp, n_gather, M, S, K, OUT_W, L, NB, C,
                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr):
+                   BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr, ACC2D: tl.constexpr,
+                   STAGES: tl.constexpr):
         # programs [0, n_samp): median sample; [n_samp, n_gather): chosen channels; then column tiles.
         # The few gathers come first so that they overlap the bandwidth-bound tiles.
         pid = tl.program_id(0)
@@ -95,21 +98,34 @@ if triton is not None:
                     acc += tl.load(x_ptr + (bi * L + t).to(tl.int64) * rs + c, mask=tm, other=0.0).to(tl.float32)
                 tl.store(tok_ptr + (at * L + t) * C + j, acc / NB, mask=tm)
         else:  # column tile: ROWS rows x BLOCK_D channels -> partial max and sum (fp32)
-            pid = pid - n_gather
-            pid_d = pid % n_col  # neighbouring programs read neighbouring channels of the same rows
-            pid_n = pid // n_col
+            q = pid - n_gather
+            pid_d = q % n_col  # neighbouring programs read neighbouring channels of the same rows
+            pid_n = q // n_col
             cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
             cmask = cols < D
-            acc_max = tl.zeros([BLOCK_D], dtype=tl.float32)
-            acc_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
             row0 = pid_n * ROWS
-            for r in range(0, ROWS, BLOCK_N):
-                rows = row0 + r + tl.arange(0, BLOCK_N)
-                m = (rows[:, None] < N) & cmask[None, :]
-                v = tl.load(x_ptr + rows.to(tl.int64)[:, None] * rs + cols[None, :], mask=m, other=0.0)
-                v = tl.abs(v.to(tl.float32))
-                acc_max = tl.maximum(acc_max, tl.max(v, axis=0))
-                acc_sum += tl.sum(v, axis=0)
+            if ACC2D:  # elementwise (BLOCK_N, BLOCK_D) accumulators, one cross-thread reduction at the end
+                acc2_max = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+                acc2_sum = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+                for r in tl.range(0, ROWS, BLOCK_N, num_stages=STAGES):
+                    rows = row0 + r + tl.arange(0, BLOCK_N)
+                    m = (rows[:, None] < N) & cmask[None, :]
+                    v = tl.load(x_ptr + rows.to(tl.int64)[:, None] * rs + cols[None, :], mask=m, other=0.0)
+                    v = tl.abs(v.to(tl.float32))
+                    acc2_max = tl.maximum(acc2_max, v)
+                    acc2_sum += v
+                acc_max = tl.max(acc2_max, axis=0)
+                acc_sum = tl.sum(acc2_sum, axis=0)
+            else:  # (BLOCK_D,) accumulators, a reduction over the tile's rows per iteration
+                acc_max = tl.zeros([BLOCK_D], dtype=tl.float32)
+                acc_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+                for r in tl.range(0, ROWS, BLOCK_N, num_stages=STAGES):
+                    rows = row0 + r + tl.arange(0, BLOCK_N)
+                    m = (rows[:, None] < N) & cmask[None, :]
+                    v = tl.load(x_ptr + rows.to(tl.int64)[:, None] * rs + cols[None, :], mask=m, other=0.0)
+                    v = tl.abs(v.to(tl.float32))
+                    acc_max = tl.maximum(acc_max, tl.max(v, axis=0))
+                    acc_sum += tl.sum(v, axis=0)
             tl.store(pmax_ptr + pid_n * D + cols, acc_max, mask=cmask)
             tl.store(psum_ptr + pid_n * D + cols, acc_sum, mask=cmask)
 
@@ -165,6 +181,6 @@ def block_stats(x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, tokens, ch
             flat, pmax, psum, out, tok, at, key, chan_idx,
             n, D, flat.stride(0), n_col, n_samp, n_samp + n_tok, n * D, S, K, out.stride(0), L, b, C,
             ROWS=rows, BLOCK_N=cfg["block_n"], BLOCK_D=cfg["block_d"], BLOCK_S=block_s, BLOCK_T=block_t,
-            num_warps=cfg["num_warps"])
+            ACC2D=cfg.get("acc2d", False), STAGES=cfg.get("stages", 1), num_warps=cfg["num_warps"])
         _final_pass[(triton.cdiv(D, block_f),)](pmax, psum, out, at, p, D, out.stride(0), 1.0 / n,
                                                  BLOCK_P=block_p, BLOCK_F=block_f, num_warps=4)

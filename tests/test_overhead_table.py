@@ -52,7 +52,8 @@ def test_table_from_results():
     assert "| compiled | graph breaks | 0 | | | |" in lines
     assert any("record 1.0021" in ln and "10 steps" in ln for ln in lines)
     assert any("took 204 MB" in ln and "formula: 204 MB" in ln for ln in lines)
-    assert any("`triton` (2.00x the best torch path" in ln for ln in lines)
+    assert any("2.00x the speed of the best torch path (`torch_compiled`); CUDA default by this run: `triton`" in ln
+               for ln in lines)
 
 
 def test_decision_needs_a_clear_win():

@@ -228,6 +228,7 @@ def test_compiled_blocks_one_graph_for_runs_of_any_length():
     with stas.record(pipe, channels=[1]) as rec:
         pipe(num_inference_steps=2, **kw)
         first = rec.stats
+        n1 = counters["stats"]["unique_graphs"]
         pipe(num_inference_steps=3, **kw)
-    assert counters["stats"]["unique_graphs"] - n0 == 1
+    assert n1 - n0 <= 1 and counters["stats"]["unique_graphs"] == n1  # (0 if an earlier test compiled it)
     assert first.num_steps == 2 and first["filled"].all()
