@@ -188,6 +188,9 @@ def test_median_rank_band_covers_as_stated():
     k = 101
     assert abs(median_rank_band(16384, 0.99) - 2.5758 / (2 * 16384 ** 0.5)) < 2e-4  # ~ z / (2 sqrt(k))
     delta = median_rank_band(k, 0.9)
+    from scipy.stats import binom  # the band's miss probability, by scipy: 0.1 at delta, more just inside it
+    miss = lambda d: binom.cdf(50, k, 0.5 + d) + binom.sf(50, k, 0.5 - d)  # noqa: E731
+    assert miss(delta) <= 0.1 + 1e-9 and miss(delta - 1e-6) > 0.1
     inside = []
     for seed in range(300):
         g = torch.Generator().manual_seed(seed)
