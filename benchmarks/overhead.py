@@ -1,18 +1,26 @@
-"""Overhead of STAS and of full recording on a full-size Wan2.1-T2V-1.3B transformer.
+"""Overhead of `stas.record` and `stas.steer` on a full-size Wan2.1-T2V-1.3B transformer.
 
-    python benchmarks/overhead.py                 # on a GPU: 81 frames at 480x832 (32 760 tokens), text 512
-    python benchmarks/overhead.py --small         # a seconds-long smoke run on the CPU
+    python benchmarks/overhead.py                     # GPU, ~6 min: writes benchmarks/results/overhead.json
+    python benchmarks/overhead.py --small             # seconds-long smoke run on the CPU (writes nothing)
+    python benchmarks/overhead.py --readme            # README performance table from the committed JSON
 
-Random bf16 weights (timing does not depend on them). Times one transformer forward with no
-hooks, with STAS on block 15, and with `stas.record` on all 30 blocks (2 channels of per-token
-values), eager and with diffusers' per-block compilation (``compile_repeated_blocks(fullgraph=True)``).
-Variants are interleaved round by round so drift hits them alike; medians are reported.
-Whole-forward timing is noisy (~1 %), so the hooks' own work is also timed alone with CUDA events:
-eager, by calling the hooks on a block-output-sized tensor; compiled, as the difference between
-one compiled block with and without the hook (a block-level timing, far less noisy than a forward).
-Also checks: no graph breaks (fullgraph=True would raise), the number of compiled graphs each
-variant adds, no host synchronisation inside a hooked forward (CUDA sync debug mode), and the
-recording memory per block and step. Prints a markdown table and writes JSON to --out.
+Random bf16 weights and text embeddings (timing does not depend on them); 81 frames at 480 x 832
+(32 760 tokens), text length 512. Parts, in this order (``--parts``; the JSON is rewritten after each
+part, so a run cut short keeps what it measured):
+
+* ``kernel``: the per-block reduction alone on a block-output-sized bf16 tensor, for each backend
+  (``torch`` eager ops, ``torch_compiled`` = the same function through torch.compile, ``triton`` =
+  `stas._kernels`): GPU time per call, its error against a float64 brute force (bf16 and fp16), the
+  median estimate's rank against the exact median; a sweep of Triton tiles (the fastest is used for
+  the rest of the run and printed as the line to commit); the one-read floor (``torch.sum``).
+* ``eager`` / ``compiled``: whole forwards with no hooks, STAS on block 15, record on all 30 blocks
+  (2 channels of per-token values), interleaved round by round, medians; the hooks' own GPU time with
+  CUDA events per reduction backend (eager: the 30 record hooks called on a block-output-sized tensor,
+  launches queued behind a GPU spin; compiled, ``compile_repeated_blocks(fullgraph=True)``: one
+  compiled block with minus without the hook, paired over >= 15 interleaved rounds, x 30, with its
+  spread); graphs added, graph breaks, host syncs (CUDA sync debug mode "error").
+* ``pipeline``: 10 steps of ``WanPipeline`` (CFG, ``prompt_embeds``, latents out) without hooks,
+  with record on all blocks, with STAS, as ratios to no hooks, and the device memory record took.
 """
 
 from __future__ import annotations
@@ -26,15 +34,27 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 import stas  # noqa: E402
-from stas.record import _BlockRecorder  # noqa: E402
+from stas import _kernels  # noqa: E402
+from stas.record import _BlockRecorder, median_from_sample, median_rank_band, recording_bytes  # noqa: E402
 from stas.steer import _SteerHook  # noqa: E402
 
+RESULTS = ROOT / "benchmarks" / "results" / "overhead.json"
 WAN21_1P3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
                   out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                   qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
 SMALL = dict(WAN21_1P3B, num_attention_heads=2, attention_head_dim=32, text_dim=64, ffn_dim=128, num_layers=4)
+CHANNELS = [0, 1]
+# Triton tiles tried at the real shape: (block_n, block_d, rows_per_program, num_warps, acc2d, stages)
+SWEEP = [dict(block_n=bn, block_d=bd, rows_per_program=r, num_warps=w, acc2d=a, stages=st)
+         for bn, bd, r, w, a, st in [
+             (16, 256, 512, 4, True, 3), (16, 256, 256, 4, True, 3), (16, 256, 512, 4, True, 1),
+             (16, 256, 256, 4, True, 1), (32, 256, 256, 8, True, 3), (32, 256, 512, 8, True, 1),
+             (32, 256, 512, 8, True, 2), (16, 512, 512, 8, True, 3), (16, 512, 1024, 8, True, 1),
+             (32, 128, 512, 4, True, 3), (64, 128, 1024, 8, True, 3), (32, 256, 256, 4, False, 1)]]
+MARKERS = ("<!-- overhead-table:begin -->", "<!-- overhead-table:end -->")
 
 
 def timer(device, hide_launches=False):
@@ -62,93 +82,74 @@ def timer(device, hide_launches=False):
     return run
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", action="store_true", help="tiny config on the CPU (smoke test)")
-    ap.add_argument("--repeats", type=int, default=15, help="forwards per variant (median)")
-    ap.add_argument("--modes", default="eager,compiled")
-    ap.add_argument("--out", default=None, help="write results JSON here")
-    args = ap.parse_args()
+class Bench:
+    """Shared state of one benchmark run: model, inputs, results (written after every part)."""
 
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.small else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = SMALL if args.small else WAN21_1P3B
-    frames, h, w, text_len = (5, 64, 64, 16) if args.small else (81, 480, 832, 512)
-    lay = stas.TokenLayout.from_video(frames, h, w)
-    from diffusers import WanTransformer3DModel
+    def __init__(self, args):
+        from diffusers import WanTransformer3DModel
 
-    torch.manual_seed(0)
-    with torch.device(device):
-        t = WanTransformer3DModel(**cfg).to(dtype).eval()
-    x = torch.randn(1, 16, lay.latent_frames, lay.latent_height, lay.latent_width, device=device, dtype=dtype)
-    ts = torch.tensor([500.0], device=device)
-    text = torch.randn(1, text_len, cfg["text_dim"], device=device, dtype=dtype)
-    n_blocks, d = cfg["num_layers"], cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    mid = n_blocks // 2
-    steer_cfg = stas.STASConfig(alpha=1.0, steps=1, blocks=[mid], channels=[0, 1])
-    variants = {
-        "none": lambda: _Null(),
-        f"STAS (block {mid})": lambda: stas.steer(t, steer_cfg),
-        f"record ({n_blocks} blocks)": lambda: stas.record(t, channels=[0, 1]),
-    }
-    tm = timer(device)
-    fwd = lambda: t(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False)[0]  # noqa: E731
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}; "
-          f"{lay.describe()}; text {text_len}; {sum(p.numel() for p in t.parameters()) / 1e6:.0f} M params", flush=True)
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "tokens": lay.num_tokens, "date": time.strftime("%Y-%m-%d"), "modes": {}}
-    from torch._dynamo.utils import counters
+        self.args = args
+        self.t0 = time.perf_counter()
+        self.device = torch.device("cuda" if torch.cuda.is_available() and not args.small else "cpu")
+        self.cuda = self.device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.cfg = SMALL if args.small else WAN21_1P3B
+        self.frames, self.height, self.width, self.text_len = (5, 64, 64, 16) if args.small else (81, 480, 832, 512)
+        self.layout = stas.TokenLayout.from_video(self.frames, self.height, self.width)
+        self.n_blocks = self.cfg["num_layers"]
+        self.d = self.cfg["num_attention_heads"] * self.cfg["attention_head_dim"]
+        self.mid = self.n_blocks // 2
+        # torch_compiled and triton on CUDA; triton also on the CPU under TRITON_INTERPRET=1 (smoke tests)
+        self.backends = ["torch"] + (["torch_compiled"] if self.cuda else []) + \
+            (["triton"] if _kernels.available(torch.empty(0, device=self.device)) else [])
+        torch.manual_seed(0)
+        with torch.device(self.device):
+            self.t = WanTransformer3DModel(**self.cfg).to(self.dtype).eval()
+        lay = self.layout
+        self.x = torch.randn(1, 16, lay.latent_frames, lay.latent_height, lay.latent_width, device=self.device,
+                             dtype=self.dtype)
+        self.ts = torch.tensor([500.0], device=self.device)
+        self.text = torch.randn(1, self.text_len, self.cfg["text_dim"], device=self.device, dtype=self.dtype)
+        self.tm = timer(self.device)
+        self.tm_gpu = timer(self.device, hide_launches=True)
+        self.steer_cfg = stas.STASConfig(alpha=1.0, steps=1, blocks=[self.mid], channels=CHANNELS)
+        import diffusers
 
-    for mode in args.modes.split(","):
-        if mode == "compiled":
-            t.compile_repeated_blocks(fullgraph=True)
-        graphs = {}
-        with torch.no_grad():
-            for name, make in variants.items():  # warm-up (and compile) each variant once
-                before = counters["stats"]["unique_graphs"]
-                with make():
-                    fwd(), fwd()
-                graphs[name] = counters["stats"]["unique_graphs"] - before
-            times = {name: [] for name in variants}
-            names = list(variants)
-            for r in range(args.repeats):  # rotate the order every round: no variant always runs first
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    with variants[name]():
-                        times[name].append(tm(fwd))
-            sync_ok = {}
-            if device.type == "cuda":  # any host sync inside a hooked forward raises in "error" mode
-                for name, make in list(variants.items())[1:]:
-                    with make():
-                        fwd()
-                        torch.cuda.synchronize()
-                        torch.cuda.set_sync_debug_mode("error")
-                        try:
-                            fwd()
-                            sync_ok[name] = True
-                        except RuntimeError as e:
-                            sync_ok[name] = f"sync: {e}"[:200]
-                        finally:
-                            torch.cuda.set_sync_debug_mode("default")
-        base = statistics.median(times["none"])
-        rows = {}
-        for name in variants:
-            med = statistics.median(times[name])
-            rows[name] = {"median_ms": med, "overhead_pct": 100 * (med - base) / base, "new_graphs": graphs[name],
-                          "no_host_sync": sync_ok.get(name), "all_ms": times[name]}
-        rows["hook_work"] = hook_work(t, lay, d, n_blocks, mid, device, dtype, timer(device, hide_launches=True),
-                                      compiled=(mode == "compiled"),
-                                      text=text, ts=ts, x=x)
-        for k in ("stas_ms", "record_ms"):
-            rows["hook_work"][k.replace("_ms", "_pct")] = 100 * rows["hook_work"][k] / base
-        rows["graph_breaks"] = sum(counters["graph_break"].values())
-        results["modes"][mode] = rows
-        print(f"[{mode}] " + json.dumps({k: (v if k == 'hook_work' else {kk: vv for kk, vv in v.items() if kk != 'all_ms'})
-                                         if isinstance(v, dict) else v for k, v in rows.items()}), flush=True)
-    # memory of one recording per block and step: chan_max + chan_mean (D) + median + tokens (L x C), float32
-    results["record_bytes_per_block_step_branch"] = 4 * (2 * d + 1 + lay.num_tokens * 2)
-    print(table(results))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        self.res = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if self.cuda else "cpu",
+                    "torch": torch.__version__, "diffusers": diffusers.__version__,
+                    "triton": getattr(_kernels.triton, "__version__", None), "cuda": torch.version.cuda,
+                    "small": args.small, "shape": [lay.num_tokens, self.d], "tokens": lay.num_tokens,
+                    "blocks": self.n_blocks, "channels": CHANNELS, "cuda_backend": _kernels.CUDA_BACKEND,
+                    "triton_config": dict(_kernels.CONFIG), "median_elems": 16384,
+                    "median_rank_band_99": median_rank_band(16384, 0.99)}
+        self.log(f"{self.res['device']}; torch {torch.__version__}; diffusers {diffusers.__version__}; "
+                 f"{lay.describe()}; {sum(p.numel() for p in self.t.parameters()) / 1e6:.0f} M params")
+
+    def log(self, msg):
+        print(f"[{time.perf_counter() - self.t0:6.1f} s] {msg}", flush=True)
+
+    def save(self):
+        if self.args.out:
+            Path(self.args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.args.out).write_text(json.dumps(self.res, indent=1))
+
+    def forward(self):
+        return self.t(hidden_states=self.x, timestep=self.ts, encoder_hidden_states=self.text, return_dict=False)[0]
+
+    def variants(self, steer=True):
+        v = {"none": _Null}
+        if steer:
+            v[f"STAS (block {self.mid})"] = lambda: stas.steer(self.t, self.steer_cfg)
+        v[f"record ({self.n_blocks} blocks)"] = lambda: stas.record(self.t, channels=CHANNELS)
+        return v
+
+    def block_output(self, dtype=None):
+        """A block-output-like (1, L, D) tensor: Gaussian bulk, two massive channels on the first tokens."""
+        g = torch.Generator(device=self.device).manual_seed(0)
+        h = torch.randn(1, self.layout.num_tokens, self.d, device=self.device, generator=g)
+        h[:, :4, 3] = 900.0
+        h[:, :, 7] -= 40.0
+        return h.to(dtype or self.dtype)
 
 
 class _Null:
@@ -159,77 +160,417 @@ class _Null:
         return False
 
 
-def hook_work(t, lay, d, n_blocks, mid, device, dtype, tm, compiled, text, ts, x):
-    """The hooks' own time: eager = hooks called on a (1, L, D) tensor; compiled = block with - without."""
+def use_backend(name):
+    _kernels.BACKEND = name
+
+
+# -- parts --------------------------------------------------------------------------------------
+
+def part_kernel(b: Bench):
+    """The reduction alone: time and error per backend, Triton tile sweep, one-read floor."""
+    out = b.res.setdefault("kernel", {})
+    h = b.block_output()
+    L, D = h.shape[1:]
+    k = 16384
+    key = torch.randint(2 ** 31 - 1, (k,), generator=torch.Generator().manual_seed(0)).to(b.device)
+    chan = torch.tensor(CHANNELS, device=b.device)
+    at = torch.zeros(1, dtype=torch.long, device=b.device)
+    stats = torch.full((2, 2 * D + k), float("nan"), device=b.device)
+    tokens = torch.full((2, L, len(CHANNELS)), float("nan"), device=b.device)
+    op = lambda: torch.ops.stas.block_stats(h, at, stats, tokens, chan, key)  # noqa: E731
+    flat = h.reshape(L, D)
+    out["read_floor_us"] = 1e3 * statistics.median(b.tm_gpu(lambda: flat.sum(0, dtype=torch.float32), 30) for _ in range(5))
+    out["bytes"] = h.numel() * h.element_size()
+    if "triton" in b.backends and not b.args.no_sweep:
+        sweep = []
+        for cfg in SWEEP:
+            try:
+                _kernels.block_stats(h, at, stats, tokens, chan, key, config=cfg)
+                us = 1e3 * statistics.median(b.tm_gpu(lambda: _kernels.block_stats(h, at, stats, tokens, chan, key,
+                                                                                    config=cfg), 30) for _ in range(3))
+            except Exception as e:  # a tile the compiler rejects (e.g. out of registers): skipped, noted
+                sweep.append({**cfg, "error": str(e)[:200]})
+                continue
+            sweep.append({**cfg, "us": us})
+            b.log(f"triton tile {cfg}: {us:.1f} us")
+        ok = [s for s in sweep if "us" in s]
+        if not ok:
+            raise RuntimeError(f"every Triton tile failed: {sweep}")
+        best = min(ok, key=lambda s: s["us"])
+        _kernels.CONFIG = {kk: best[kk] for kk in SWEEP[0]}
+        out["sweep"] = sweep
+        b.res["triton_config"] = dict(_kernels.CONFIG)
+        b.log(f"fastest tile {_kernels.CONFIG} ({best['us']:.1f} us); used below. To make it the default: "
+              f"CONFIG = dict({', '.join(f'{kk}={v}' for kk, v in _kernels.CONFIG.items())}) in stas/_kernels.py")
+    exact = {}
+    for dt in ([torch.bfloat16, torch.float16] if b.cuda else [b.dtype]):
+        hx = h if dt == h.dtype else b.block_output(dt)
+        a = hx.double().abs().reshape(L, D)
+        med = a.flatten().median()
+        exact[str(dt)] = (hx, a.amax(0), a.mean(0), hx.double()[0][:, CHANNELS], a.flatten(), med)
+    band = median_rank_band(k, 0.99)
+    for name in b.backends:
+        use_backend(name)
+        row = {}
+        try:
+            measure_backend(b, row, exact, op, stats, tokens, at, chan, key, D, band)
+        except Exception as e:  # one failing backend must not cost the others' numbers
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+        out.setdefault("backends", {})[name] = row
+        b.log(f"reduction {name}: {json.dumps(row)}")
+    use_backend(None)
+    b.log(f"one-read floor (flat.sum): {out['read_floor_us']:.1f} us")
+    b.save()
+
+
+def measure_backend(b, row, exact, op, stats, tokens, at, chan, key, D, band):
+    """Error against float64 (each dtype) and GPU time per call of the current backend."""
+    for dt, (hx, mx, mean, tok, aflat, med) in exact.items():
+            stats.fill_(float("nan"))
+            torch.ops.stas.block_stats(hx, at, stats, tokens, chan, key)
+            est = median_from_sample(stats[0], D).double()
+            rank = [(aflat < est).double().mean().item(), (aflat <= est).double().mean().item()]
+            row[dt] = {"max_rel_err": ((stats[0, :D] - mx) / mx).abs().max().item(),
+                       "mean_rel_err": ((stats[0, D:2 * D] - mean) / mean).abs().max().item(),
+                       "tokens_max_abs_err": (tokens[0] - tok).abs().max().item(),
+                       "median_rel_err": (est / med - 1).item(), "median_rank": rank,
+                       "median_in_band_99": rank[1] >= 0.5 - band and rank[0] <= 0.5 + band}
+    op()
+    row["us_per_block"] = 1e3 * statistics.median(b.tm_gpu(op, 30) for _ in range(5))
+
+
+def _hooks_eager(b: Bench):
+    """GPU time of the 30 record hooks and of the STAS hook called on a block-output-sized tensor."""
+    h = b.block_output()
     out = {}
-    if not compiled:
-        h = torch.randn(1, lay.num_tokens, d, device=device, dtype=dtype)
-        with stas.record(t, channels=[0, 1]) as rec, stas.steer(t, stas.STASConfig(steps=1, blocks=[mid], channels=[0, 1])) as st:
-            with torch.no_grad():
-                t(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False)  # allocate, set state
-            rhooks = [hk for b in t.blocks for hk in b._forward_hooks.values() if isinstance(hk, _BlockRecorder)]
-            shook = next(hk for hk in t.blocks[mid]._forward_hooks.values() if isinstance(hk, _SteerHook))
-            st.active = True
-            for _ in range(3):
-                [hk(None, None, h) for hk in rhooks], shook(None, None, h)
-            # GPU time of one forward's worth of hooks (30 record hooks; 1 STAS hook), median of 5
-            out["record_ms"] = statistics.median(tm(lambda: [hk(None, None, h) for hk in rhooks]) for _ in range(5))
-            out["stas_ms"] = statistics.median(tm(lambda: shook(None, None, h)) for _ in range(5))
-        return out
-    # compiled: one block, with vs without each hook, many repeats
-    blk = t.blocks[mid]
-    captured = {}
-    pre = blk.register_forward_pre_hook(lambda m, a: captured.setdefault("args", a))
-    with torch.no_grad():
-        t(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False)
-    pre.remove()
-    a = captured["args"]
-    run = lambda: blk(*a)  # noqa: E731
-    with torch.no_grad():
-        for _ in range(3):
-            run()
-        base = []
-        rec_t, st_t = [], []
-        with stas.record(t, channels=[0, 1]) as rec:
-            t(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False)
-            for _ in range(3):
-                run()
-        with stas.steer(t, stas.STASConfig(steps=1, blocks=[mid], channels=[0, 1])) as st:
-            t(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False)
-        for _ in range(9):
-            base.append(tm(run, 10))
-            with stas.record(t, channels=[0, 1]) as rec:
-                t(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False)
-                rec_t.append(tm(run, 10))
-            with stas.steer(t, stas.STASConfig(steps=1, blocks=[mid], channels=[0, 1])) as st:
-                t(hidden_states=x, timestep=ts, encoder_hidden_states=text, return_dict=False)
-                st.active = True
-                st_t.append(tm(run, 10))
-    b = statistics.median(base)
-    out["block_ms"] = b
-    out["record_ms"] = n_blocks * (statistics.median(rec_t) - b)   # 30 blocks' worth
-    out["stas_ms"] = statistics.median(st_t) - b
+    with torch.no_grad(), stas.record(b.t, channels=CHANNELS), stas.steer(b.t, b.steer_cfg) as st:
+        b.forward()  # allocate, set positions
+        rhooks = [hk for blk in b.t.blocks for hk in blk._forward_hooks.values() if isinstance(hk, _BlockRecorder)]
+        shook = next(hk for hk in b.t.blocks[b.mid]._forward_hooks.values() if isinstance(hk, _SteerHook))
+        st.active = True
+        for name in b.backends:
+            use_backend(name)
+            try:
+                for _ in range(2):
+                    [hk(None, None, h) for hk in rhooks]
+                ms = statistics.median(b.tm_gpu(lambda: [hk(None, None, h) for hk in rhooks]) for _ in range(5))
+                out[name] = {"us_per_block": 1e3 * ms / len(rhooks), "ms_all_blocks": ms}
+            except Exception as e:
+                out[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        use_backend(None)
+        shook(None, None, h)
+        out["stas_ms"] = statistics.median(b.tm_gpu(lambda: shook(None, None, h)) for _ in range(5))
     return out
 
 
-def table(res) -> str:
-    lines = [f"Overhead on {res['device']} ({res['date']}, torch {res['torch']}, {res['tokens']} tokens)", "",
-             "| mode | variant | forward (ms, median) | overhead vs none | hooks' own work | new graphs | host sync |",
-             "|---|---|---|---|---|---|---|"]
-    for mode, rows in res["modes"].items():
-        hw = rows["hook_work"]
-        for name, r in rows.items():
-            if name in ("hook_work", "graph_breaks"):
-                continue
-            own = "" if name == "none" else \
-                f"{hw['stas_pct' if name.startswith('STAS') else 'record_pct']:+.3f} %"
-            sync = {True: "none", None: "n/a"}.get(r["no_host_sync"], str(r["no_host_sync"]))
-            lines.append(f"| {mode} | {name} | {r['median_ms']:.1f} | {r['overhead_pct']:+.2f} % | {own} | "
-                         f"{r['new_graphs']} | {sync} |")
-        lines.append(f"| {mode} | graph breaks | {rows['graph_breaks']} | | | | |")
-    lines.append(f"\nrecording memory per block, step and branch: {res['record_bytes_per_block_step_branch'] / 1024:.0f} KiB "
-                 "(chan_max, chan_mean, median, 2 channels x tokens; float32)")
+def _hooks_compiled(b: Bench, rounds):
+    """One compiled block with minus without the record hook (paired per round), per backend, x 30."""
+    blk = b.t.blocks[b.mid]
+    cap = {}
+    pre = blk.register_forward_pre_hook(lambda m, a, kw: cap.setdefault("a", (a, kw)), with_kwargs=True)
+    with torch.no_grad():
+        b.forward()
+    pre.remove()
+    a, kw = cap["a"]
+    run = lambda: blk(*a, **kw)  # noqa: E731
+    n = 3 if b.args.small else 10
+    times = {name: [] for name in ["none"] + b.backends}
+    with torch.no_grad(), stas.record(b.t, channels=CHANNELS):
+        b.forward()
+        hooks = dict(blk._forward_hooks)
+        failed = {}
+        for name in b.backends:  # warm-up (compiles torch_compiled's function once)
+            use_backend(name)
+            try:
+                run(), run()
+            except Exception as e:
+                failed[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                del times[name]
+        for r in range(rounds):
+            order = times if r % 2 == 0 else dict(reversed(list(times.items())))
+            for name in order:
+                if name == "none":
+                    blk._forward_hooks.clear()
+                    times[name].append(b.tm(run, n))
+                    blk._forward_hooks.update(hooks)
+                else:
+                    use_backend(name)
+                    times[name].append(b.tm(run, n))
+        use_backend(None)
+    out = {"block_ms": statistics.median(times["none"]), "rounds": rounds, "calls_per_round": n, **failed}
+    for name in [be for be in b.backends if be not in failed]:
+        diff = sorted(1e3 * (t - t0) for t, t0 in zip(times[name], times["none"]))
+        q = statistics.quantiles(diff, n=4) if len(diff) > 1 else [diff[0]] * 3
+        out[name] = {"us_per_block": statistics.median(diff), "q25": q[0], "q75": q[2], "min": diff[0],
+                     "max": diff[-1], "rounds_us": diff}
+    # STAS needs its own compiled graph; measured only with --compiled-steer (compile time)
+    return out
+
+
+def part_mode(b: Bench, mode):
+    """Whole forwards per variant (interleaved), hooks' own time, graphs, host syncs, in one mode."""
+    from torch._dynamo.utils import counters
+
+    compiled = mode == "compiled"
+    if compiled:
+        b.t.compile_repeated_blocks(fullgraph=True, **({} if b.cuda else {"backend": "eager"}))
+    variants = b.variants(steer=not compiled or b.args.compiled_steer)
+    rows, graphs = {}, {}
+    with torch.no_grad():
+        for name, make in variants.items():  # warm-up (and compile) each variant
+            before = counters["stats"]["unique_graphs"]
+            with make():
+                b.forward(), b.forward()
+            graphs[name] = counters["stats"]["unique_graphs"] - before
+            b.log(f"[{mode}] warm-up {name}: {graphs[name]} graph(s) added")
+        names = list(variants)
+        times = {name: [] for name in names}
+        for r in range(b.args.repeats):  # rotate the order every round: no variant always runs first
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                with variants[name]():
+                    times[name].append(b.tm(b.forward))
+        b.log(f"[{mode}] forwards timed")
+        sync = {}
+        if b.cuda:  # any host sync inside a hooked forward raises in "error" mode
+            checks = [(n, None) for n in names[1:-1]] + [(names[-1], be) for be in b.backends]
+            for name, be in checks:
+                use_backend(be)
+                with variants[name]():
+                    b.forward()
+                    torch.cuda.synchronize()
+                    torch.cuda.set_sync_debug_mode("error")
+                    try:
+                        b.forward()
+                        sync[name if be is None else f"{name} [{be}]"] = True
+                    except RuntimeError as e:
+                        sync[name if be is None else f"{name} [{be}]"] = f"sync: {e}"[:300]
+                    finally:
+                        torch.cuda.set_sync_debug_mode("default")
+            use_backend(None)
+    base = statistics.median(times["none"])
+    for name in names:
+        med = statistics.median(times[name])
+        rows[name] = {"median_ms": med, "vs_none_pct": 100 * (med - base) / base, "graphs_added": graphs[name],
+                      "all_ms": times[name]}
+    out = {"forward": rows, "no_host_sync": sync, "backend_used": _kernels.backend(b.x)}
+    b.res[mode] = out
+    b.save()
+    before = counters["stats"]["unique_graphs"]
+    out["hooks"] = _hooks_compiled(b, b.args.block_rounds) if compiled else _hooks_eager(b)
+    out["graphs_added_while_timing_hooks"] = counters["stats"]["unique_graphs"] - before  # 0: no recompiles
+    for name in b.backends:
+        hw = out["hooks"][name]
+        if "error" in hw:
+            b.log(f"[{mode}] record hooks, {name}: {hw['error']}")
+            continue
+        hw["pct_of_forward"] = 100 * b.n_blocks * hw["us_per_block"] / 1e3 / base
+        b.log(f"[{mode}] record hooks, {name}: {hw['us_per_block']:.1f} us per block = {hw['pct_of_forward']:.3f} % "
+              f"of the forward ({b.n_blocks} blocks)")
+    if "stas_ms" in out["hooks"]:
+        out["hooks"]["stas_pct_of_forward"] = 100 * out["hooks"]["stas_ms"] / base
+    out["graph_breaks"] = sum(counters["graph_break"].values())
+    b.log(f"[{mode}] graph breaks: {out['graph_breaks']}; host syncs: {sync or 'n/a (CPU)'}")
+    b.save()
+
+
+def part_pipeline(b: Bench):
+    """10 steps of WanPipeline without hooks, with record on all blocks, with STAS; ratios."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=b.t, vae=None, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator(device=b.device).manual_seed(1)
+    pe = torch.randn(1, b.text_len, b.cfg["text_dim"], device=b.device, dtype=b.dtype, generator=g)
+    npe = torch.randn(1, b.text_len, b.cfg["text_dim"], device=b.device, dtype=b.dtype, generator=g)
+    steps = b.args.pipeline_steps
+    cfg = stas.STASConfig(alpha=1.0, steps=steps // 2, blocks=[b.mid], channels=CHANNELS)
+    variants = {"none": _Null, "record": lambda: stas.record(pipe, channels=CHANNELS),
+                "STAS": lambda: stas.steer(pipe, cfg)}
+    mem = {}
+
+    def call():
+        return pipe(prompt_embeds=pe, negative_prompt_embeds=npe, height=b.height, width=b.width, num_frames=b.frames,
+                    num_inference_steps=steps, guidance_scale=5.0, output_type="latent",
+                    generator=torch.Generator(device=b.device).manual_seed(0)).frames
+
+    times = {n: [] for n in variants}
+    with torch.no_grad():
+        if "compiled" in b.res:  # compiled blocks: compile every variant's graph before timing
+            for name, make in variants.items():
+                with make():
+                    call()
+            b.log("pipeline: compiled variants warmed up")
+        for r in range(b.args.pipeline_repeats):
+            names = list(variants)
+            for name in names[r % 3:] + names[:r % 3]:
+                if b.cuda:
+                    torch.cuda.synchronize()
+                before = torch.cuda.memory_allocated() if b.cuda else 0
+                with variants[name]() as ctx:
+                    t0 = time.perf_counter()
+                    call()
+                    if b.cuda:
+                        torch.cuda.synchronize()
+                    times[name].append(time.perf_counter() - t0)
+                    if name == "record" and b.cuda:
+                        mem["measured_bytes"] = torch.cuda.memory_allocated() - before
+                    if name == "record":
+                        assert ctx.stats["filled"].all()  # every step and branch recorded
+                b.log(f"pipeline {name}: {times[name][-1]:.2f} s")
+    base = statistics.median(times["none"])
+    mem["formula_bytes"] = recording_bytes(b.n_blocks, b.d, b.layout.num_tokens, steps, channels=len(CHANNELS))
+    b.res["pipeline"] = {"mode": "compiled" if "compiled" in b.res else "eager", "steps": steps, "cfg": True,
+                         "repeats": b.args.pipeline_repeats, "seconds": times,
+                         "ratio": {n: statistics.median(v) / base for n, v in times.items()}, "record_memory": mem}
+    b.log(f"pipeline ratios: {json.dumps(b.res['pipeline']['ratio'])}; record memory {mem}")
+    b.save()
+
+
+def decide(res: dict, margin: float = 1.2):
+    """Which reduction to make the CUDA default: Triton if its kernel is at least ``margin`` x faster
+    than the faster torch path (and its errors are within 1e-3), else the faster torch path."""
+    rows = {k: v for k, v in res.get("kernel", {}).get("backends", {}).items() if "us_per_block" in v}
+    torch_rows = {k: v["us_per_block"] for k, v in rows.items() if k != "triton"}
+    if "triton" not in rows or not torch_rows:
+        return None
+    best_torch = min(torch_rows, key=torch_rows.get)
+    tri = rows["triton"]
+    exact = all(max(v["max_rel_err"], v["mean_rel_err"]) <= 1e-3 for v in tri.values() if isinstance(v, dict))
+    speedup = torch_rows[best_torch] / tri["us_per_block"]
+    fastest = "triton" if speedup >= 1 else best_torch
+    recommend = "triton" if speedup >= margin and exact else best_torch
+    return {"fastest": fastest, "speedup_vs_best_torch": speedup, "best_torch": best_torch,
+            "recommend_cuda_backend": recommend,
+            "line": f'CUDA_BACKEND = "{recommend}"  # stas/_kernels.py'}
+
+
+EST_S = {"kernel": 60, "eager": 60, "compiled": 180}  # rough H200 wall times of the parts, compile included
+
+
+def fits(b: Bench, part: str, later) -> bool:
+    """Whether ``part`` fits the budget, keeping room for the compiled part if it comes later; the
+    pipeline part drops to one repeat before it is skipped. A skipped part is noted in the JSON."""
+    left = b.args.budget_s - (time.perf_counter() - b.t0) - (EST_S["compiled"] if "compiled" in later else 0)
+    fwd_s = b.res.get("eager", {}).get("forward", {}).get("none", {}).get("median_ms", 650) / 1e3
+    pipe_s = lambda reps: 3 * reps * 2 * b.args.pipeline_steps * fwd_s * 1.1 + 20  # noqa: E731
+    need = pipe_s(b.args.pipeline_repeats) if part == "pipeline" else EST_S.get(part, 0)
+    if b.args.small or need <= left:
+        return True
+    if part == "pipeline" and pipe_s(1) <= left:
+        b.args.pipeline_repeats = 1
+        b.log("pipeline: one repeat per variant (budget)")
+        return True
+    b.res.setdefault("skipped", {})[part] = f"needed ~{need:.0f} s, {left:.0f} s left of --budget-s"
+    b.log(f"skipping part {part}: {b.res['skipped'][part]}")
+    return False
+
+
+# -- the README table ----------------------------------------------------------------------------
+
+def table(res: dict) -> str:
+    """The README's performance section body (markdown) from a results dict (overhead.json)."""
+    f = lambda v, fmt: "—" if v is None else format(v, fmt)  # noqa: E731
+    pct = lambda v: "—" if v is None else f"{v:.3f} %"  # noqa: E731
+    lines = [f"Measured {res['date']} on {res['device']} (torch {res['torch']}, diffusers {res['diffusers']}, "
+             f"triton {res.get('triton')}), {res['tokens']} tokens x {res['shape'][1]} channels, "
+             f"`python benchmarks/overhead.py`.", ""]
+    kern = res.get("kernel", {})
+    if kern:
+        tile = ", ".join(f"{k}={v}" for k, v in res.get("triton_config", {}).items())
+        lines += [f"`record` on all {res['blocks']} blocks, hooks' own GPU time by reduction backend "
+                  f"(default on CUDA: `{res['cuda_backend']}`; Triton tile {tile}; one read of the block output "
+                  f"(`flat.sum(0)`): {kern['read_floor_us']:.1f} µs):", "",
+                  "| reduction | kernel alone, µs/block | eager, µs/block | eager, % of forward | "
+                  "compiled, µs/block (median [IQR]) | compiled, % of forward | max rel. error (max, mean) vs float64 |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in kern.get("backends", {}).items():
+            e = res.get("eager", {}).get("hooks", {}).get(name, {})
+            c = res.get("compiled", {}).get("hooks", {}).get(name, {})
+            errs = [v for v in row.values() if isinstance(v, dict)]
+            err = max(max(v["max_rel_err"], v["mean_rel_err"]) for v in errs) if errs else None
+            comp = "—" if "us_per_block" not in c else f"{c['us_per_block']:.1f} [{c['q25']:.1f}, {c['q75']:.1f}]"
+            lines.append(f"| `{name}` | {f(row.get('us_per_block'), '.1f')} | {f(e.get('us_per_block'), '.1f')} | "
+                         f"{pct(e.get('pct_of_forward'))} | {comp} | {pct(c.get('pct_of_forward'))} | "
+                         f"{f(err, '.1e')} |")
+        dec = res.get("decision")
+        if dec:
+            lines.append(f"\nTriton kernel alone: {dec['speedup_vs_best_torch']:.2f}x the speed of the best torch path "
+                         f"(`{dec['best_torch']}`); CUDA default by this run: `{dec['recommend_cuda_backend']}`.")
+        rounds = res.get("compiled", {}).get("hooks", {}).get("rounds")
+        if rounds:
+            lines.append(f"\nCompiled: one compiled block with minus without the hook, paired over {rounds} "
+                         "interleaved rounds (median and interquartile range), x blocks.")
+    fw = [(m, res[m]) for m in ("eager", "compiled") if m in res]
+    if fw:
+        lines += ["", "| mode | variant | forward, ms (median) | vs none | graphs added | host syncs in forward |",
+                  "|---|---|---|---|---|---|"]
+        for mode, r in fw:
+            for name, row in r["forward"].items():
+                syncs = [v for k, v in r.get("no_host_sync", {}).items() if k.startswith(name)]
+                sync = "—" if not syncs else ("none" if all(v is True for v in syncs) else "; ".join(map(str, syncs)))
+                vs = "—" if name == "none" else f"{row['vs_none_pct']:+.2f} %"
+                lines.append(f"| {mode} | {name} | {row['median_ms']:.1f} | {vs} | {row['graphs_added']} | {sync} |")
+            lines.append(f"| {mode} | graph breaks | {r.get('graph_breaks', '—')} | | | |")
+    p = res.get("pipeline")
+    if p:
+        ratios = ", ".join(f"{n} {v:.4f}" for n, v in p["ratio"].items())
+        lines += ["", f"Whole pipeline ({p['mode']}, {p['steps']} steps of `WanPipeline` with CFG, median of "
+                      f"{p['repeats']}), time relative to no hooks: {ratios}."]
+        m = p.get("record_memory", {})
+        if m.get("measured_bytes") is not None:
+            lines.append(f"`record` took {m['measured_bytes'] / 1e6:.0f} MB of device memory for this run "
+                         f"(`recording_bytes` formula: {m['formula_bytes'] / 1e6:.0f} MB).")
+    if res.get("skipped"):
+        lines += ["", "Not measured in this run (time budget): " + "; ".join(f"{k} ({v})" for k, v in res["skipped"].items())]
     return "\n".join(lines)
+
+
+def update_readme(res: dict, readme: Path = ROOT / "README.md") -> None:
+    """Replace the text between the overhead-table markers in the README by `table(res)`."""
+    text = readme.read_text()
+    a, b = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    readme.write_text(text[:a] + "\n" + table(res) + "\n" + text[b:])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="tiny config on the CPU (smoke test)")
+    ap.add_argument("--parts", default="kernel,eager,pipeline,compiled", help="which parts, in this order")
+    ap.add_argument("--repeats", type=int, default=10, help="forwards per variant (median)")
+    ap.add_argument("--block-rounds", type=int, default=15, help="compiled: interleaved block rounds per backend")
+    ap.add_argument("--pipeline-steps", type=int, default=10)
+    ap.add_argument("--pipeline-repeats", type=int, default=2)
+    ap.add_argument("--no-sweep", action="store_true", help="skip the Triton tile sweep")
+    ap.add_argument("--compiled-steer", action="store_true", help="also compile and time STAS (one more graph)")
+    ap.add_argument("--budget-s", type=float, default=540, help="wall-time budget: a part that would not fit is "
+                                                                "shortened or skipped (and noted in the JSON)")
+    ap.add_argument("--out", default=None, help=f"results JSON (default on a GPU: {RESULTS.relative_to(ROOT)})")
+    ap.add_argument("--readme", action="store_true", help="write the README table from --out (or the committed "
+                                                           "JSON) and exit; no GPU needed")
+    args = ap.parse_args()
+    if args.readme:
+        update_readme(json.loads(Path(args.out or RESULTS).read_text()))
+        return
+    if args.out is None and torch.cuda.is_available() and not args.small:
+        args.out = str(RESULTS)
+    if args.small:
+        args.repeats, args.block_rounds, args.pipeline_steps, args.pipeline_repeats = 2, 3, 2, 1
+    b = Bench(args)
+    parts = {"kernel": part_kernel, "eager": lambda b: part_mode(b, "eager"),
+             "compiled": lambda b: part_mode(b, "compiled"), "pipeline": part_pipeline}
+    order = args.parts.split(",")
+    for i, name in enumerate(order):
+        if not fits(b, name, order[i + 1:]):
+            continue
+        b.log(f"part {name}")
+        parts[name](b)
+    b.res["decision"] = decide(b.res)
+    if b.res["decision"]:
+        b.log(f"decision: {b.res['decision']}")
+    b.res["wall_s"] = time.perf_counter() - b.t0
+    b.save()
+    print(table(b.res))
 
 
 if __name__ == "__main__":

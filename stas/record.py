@@ -5,15 +5,21 @@ block's video tokens h (B, L, D) on the device, as the forward runs, into preall
 
 * ``chan_max``  max_t |h[t, c]| over the branch's batch and all video tokens  -> (D,)
 * ``chan_mean`` mean_t |h[t, c]|                                             -> (D,)
-* ``median``    median |h| over all channels of every ``stride``-th token, the stride chosen so
-                that at most ``median_elems`` values enter (every token when L*D <= median_elems;
-                Sun et al.'s reference value; 16 384 values estimate a median to about 1 %)  -> ()
+* ``median``    median |h| over all tokens and channels (Sun et al.'s reference value), estimated
+                from a fixed sample of ``median_elems`` entries (one per stratum of consecutive
+                entries, the same positions at every step and block) gathered on the device during
+                the forward; the sample's exact median is taken after the run. Exact when
+                L*D <= median_elems; otherwise the exact q-quantile of |h| for some q within
+                1/2 +- `median_rank_band` (0.0101 at 16 384 entries, 99 %; about +-2.3 % in value
+                for a Gaussian bulk)                                          -> ()
 * ``tokens``    h[t, c] for the chosen ``channels`` (signed, mean over the batch)   -> (L, C)
 * ``full``      opt-in: whole hidden states at chosen (step, block) pairs           -> (L, D)
 
 All statistics are accumulated and stored in float32, whatever the model's dtype (a float16 sum
-over tokens overflows; `reduce_block_output` is the one place the reduction is computed). Steps
+over tokens overflows). `reduce_block_output` is the reference of the per-call reduction; on CUDA
+`stas._kernels` computes the same in one read of the block output and two kernel launches. Steps
 are the denoising steps the run executes, with the pipeline's timesteps (`stas.tracking`).
+Device memory: `recording_bytes` (all of a run's buffers are allocated when it starts).
 
 Buffers are written with ``index_copy_`` at a position held in a device tensor, so the hooks have
 no Python state that varies per block or step: a block compiled with ``torch.compile`` (e.g.
@@ -168,45 +174,111 @@ def _layout_dict(lay: TokenLayout) -> dict:
             "temporal_factor": lay.temporal_factor, "spatial_factor": lay.spatial_factor}
 
 
-def reduce_block_output(x: torch.Tensor, stride: int) -> torch.Tensor:
+def reduce_block_output(x: torch.Tensor, chan_idx: Optional[torch.Tensor], key: torch.Tensor):
     """The per-call statistics of one branch's block output ``x`` (b, L, D), any float dtype.
 
-    Returns a float32 (2D + 1,) tensor on x's device: ``[max_t |x[., t, c]| (D), mean_t |x[., t, c]|
-    (D), median |x| over every ``stride``-th token and all channels]``, maxima and means over the b
-    samples and L tokens. Sums accumulate in float32 and everything is returned in float32: a float16
-    column sum overflows at 65 504 (on a CogVideoX-2B clip, 17 550 tokens, any channel with mean |h| >
-    3.7). Max and median are elements of x, exact in its dtype. This is the one place the reduction
-    is computed (swap it here for a faster one).
+    Returns ``(row, tokens)`` on x's device: ``row`` float32 (2D + K,) = ``[max_t |x[., t, c]| (D),
+    mean_t |x[., t, c]| (D), |x| at the K-entry median sample (`stas._kernels.sample_positions` with
+    ``key`` (K,); NaN past x.numel())]``, maxima and means over the b samples and L tokens;
+    ``tokens`` float32 (L, C) = batch mean of x's ``chan_idx`` channels (None when ``chan_idx`` is None).
+    Sums accumulate in float32: a float16 column sum overflows at 65 504 (on a CogVideoX-2B clip,
+    17 550 tokens, any channel with mean |h| > 3.7). Max and sample are elements of |x|, exact.
+
+    This is the torch reference of the reduction (the CPU path); on CUDA `stas._kernels` computes the
+    same row in one read of x (``_kernels.CUDA_BACKEND`` chooses).
     """
     flat = x.reshape(-1, x.shape[-1])                      # (b*L, D)
-    if _kernels.ENABLED and _kernels.fused_available(flat):
-        mx, l1 = _kernels.absmax_abssum(flat)              # one read of h, fp32 accumulation
-    else:
-        lo, hi = torch.aminmax(flat, dim=0)                # one read of h -> max |h|
-        mx = torch.maximum(hi, -lo).float()
-        l1 = torch.linalg.vector_norm(flat, ord=1, dim=0, dtype=torch.float32)  # one read -> sum |h|, fp32
-    med = x[:, ::stride].abs().flatten().median()          # Sun et al.'s reference on every stride-th token
-    return torch.cat([mx, l1 / flat.shape[0], med.float()[None]])
+    n, d = flat.shape
+    lo, hi = torch.aminmax(flat, dim=0)                    # one read of h -> max |h|
+    mx = torch.maximum(hi, -lo).float()
+    l1 = torch.linalg.vector_norm(flat, ord=1, dim=0, dtype=torch.float32)  # one read -> sum |h|, fp32
+    pos = _kernels.sample_positions(n * d, key)
+    sample = flat[pos // d, pos % d].abs().float()
+    pad = sample.new_full((key.numel() - pos.numel(),), float("nan"))
+    tokens = None if chan_idx is None else x.index_select(-1, chan_idx).float().mean(0)
+    return torch.cat([mx, l1 / n, sample, pad]), tokens
+
+
+_compiled_reduce = None
+
+
+def _reduce_fn(kind: str):
+    global _compiled_reduce
+    if kind != "torch_compiled":
+        return reduce_block_output
+    if _compiled_reduce is None:
+        _compiled_reduce = torch.compile(reduce_block_output, fullgraph=True, dynamic=False)
+    return _compiled_reduce
+
+
+def median_from_sample(rows: torch.Tensor, hidden_size: int) -> torch.Tensor:
+    """The median estimate of each buffer row (..., 2D + K): the lower median of its K-entry sample
+    of |h|, NaN entries (padding, rows never written) ignored; NaN for a row never written."""
+    return rows[..., 2 * hidden_size:].nanmedian(-1).values
+
+
+def median_rank_band(k: int, confidence: float = 0.99) -> float:
+    """Half-width of the rank band of the sampled median, distribution-free.
+
+    With probability >= ``confidence`` over the sample positions, the median estimate of a
+    recording (the lower median of k sampled entries of |h|) is the exact q-quantile of all the
+    entries of |h| for some q in [1/2 - delta, 1/2 + delta]; returns delta. For k entries drawn
+    independently and uniformly, the estimate X_(m) (m = ceil(k/2)) exceeds the p-quantile iff at
+    most m - 1 draws fall at or below it, a Binomial(k, p) event, so the miss probability is
+    ``binom.cdf(m - 1, k, 1/2 + delta) + binom.sf(m - 1, k, 1/2 - delta)`` (the order-statistic
+    confidence band; e.g. David & Nagaraja, *Order Statistics*, 3rd ed., sec. 7.1). The recorder
+    draws one entry per stratum of consecutive entries: the count is then a sum of independent
+    Bernoullis with the same mean, whose tails are no wider than the binomial's (Hoeffding 1956,
+    Ann. Math. Statist. 27, Thm. 4), so the band holds. delta ~ z / (2 sqrt(k)): 0.0101 for
+    k = 16 384 at 99 %. In value, for a Gaussian bulk (|h| half-normal, density at the median
+    f(m) = 0.636 / sigma, m = 0.674 sigma) a rank error delta is a relative error delta / (m f(m))
+    = 2.33 delta: +-2.3 % at k = 16 384 and 99 %.
+    """
+    m = (k + 1) // 2
+    j = torch.arange(k + 1, dtype=torch.float64)
+    tail = lambda p, sel: torch.distributions.Binomial(k, torch.tensor(p, dtype=torch.float64)) \
+        .log_prob(j[sel]).logsumexp(0).exp().item()  # noqa: E731
+    miss = lambda d: tail(0.5 + d, slice(0, m)) + tail(0.5 - d, slice(m, None))  # cdf(m - 1) + sf(m - 1)
+    lo, hi = 0.0, 0.5
+    for _ in range(60):  # bisection: miss() falls as delta grows
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if miss(mid) > 1 - confidence else (lo, mid)
+    return hi
+
+
+def recording_bytes(num_blocks: int, hidden_size: int, num_tokens: int, num_steps: int, channels: int = 0,
+                    median_elems: int = 16384) -> int:
+    """Bytes of device memory `record` allocates for one run (float32 buffers, all allocated when
+    the run's first transformer call starts): per block, 2 rows (CFG branches) per denoising step,
+    each of ``2 * hidden_size + median_elems + num_tokens * channels`` floats (max and mean |h| per
+    channel, the median sample, the chosen channels' token values). Wan2.1-1.3B at 81 x 480 x 832
+    (30 blocks, D = 1536, 32 760 tokens), 50 steps: 233 MB without channels, 1.02 GB with 2."""
+    return num_blocks * 2 * num_steps * 4 * (2 * hidden_size + median_elems + num_tokens * channels)
 
 
 @torch.library.custom_op("stas::block_stats", mutates_args=("stats", "tokens"))
 def _block_stats(x: torch.Tensor, at: torch.Tensor, stats: torch.Tensor, tokens: Optional[torch.Tensor],
-                 chan_idx: torch.Tensor, stride: int) -> None:
-    """Write `reduce_block_output` of one branch's block output x (b, L, D) into row ``at`` of ``stats``
-    (rows, 2D+1) and, if given, x's ``chan_idx`` channels (batch mean, float32) into row ``at`` of
-    ``tokens`` (rows, L, C).
+                 chan_idx: torch.Tensor, key: torch.Tensor) -> None:
+    """Write the statistics of one branch's block output x (b, L, D) into row ``at`` of ``stats``
+    (rows, 2D + K) and, if given, x's ``chan_idx`` channels (batch mean, float32) into row ``at`` of
+    ``tokens`` (rows, L, C): `reduce_block_output`'s row, computed by the backend
+    `stas._kernels.backend` picks (one fused read of x on CUDA).
 
     A custom op, so that a compiled block (``torch.compile`` / ``compile_repeated_blocks``) sees one
-    opaque node: no graph break, no recompiles, and the same few bandwidth-bound kernels as in eager
-    mode. On CUDA with Triton, max |h| and sum |h| come from one fused read (`stas._kernels`).
+    opaque node: no graph break, no recompiles, and the same bandwidth-bound kernels as in eager mode.
     """
-    stats.index_copy_(0, at, reduce_block_output(x, stride)[None])
+    kind = _kernels.backend(x)
+    if kind == "triton" and _kernels.available(x):
+        _kernels.block_stats(x, at, stats, tokens, chan_idx, key)
+        return
+    row, tok = _reduce_fn(kind)(x, None if tokens is None else chan_idx, key)
+    stats.index_copy_(0, at, row[None])
     if tokens is not None:
-        tokens.index_copy_(0, at, x.index_select(-1, chan_idx).float().mean(0)[None])  # (1, L, C)
+        tokens.index_copy_(0, at, tok[None])  # (1, L, C)
 
 
 @_block_stats.register_fake
-def _(x, at, stats, tokens, chan_idx, stride):
+def _(x, at, stats, tokens, chan_idx, key):
     return None
 
 
@@ -229,7 +301,7 @@ class _BlockRecorder:
             bufs = self.bufs
         for k, sl in enumerate(o.slices):
             _block_stats(h[sl], o.dev.pos[k:k + 1], bufs["stats"], bufs.get("tokens"), o.dev.chan_idx,
-                         o.median_stride)
+                         o.dev.sample_key)
         return None
 
 
@@ -257,7 +329,7 @@ class record(HookContext):
         blocks: block ids to record (default: all).
         channels: channel ids whose per-token values are kept (default: none).
         full: (step, block) pairs at which whole hidden states (L, D) are kept (batch mean).
-        median_elems: at most this many values (every stride-th token, all channels) enter the median.
+        median_elems: size K of the median's fixed sample of |h| entries (`median_rank_band`: its error).
 
     After the context (or at any time) ``rec.stats`` is a `Recording` of all runs so far.
     ``rec.label(**info)`` attaches metadata (e.g. prompt, seed) to the next pipeline call.
@@ -270,6 +342,8 @@ class record(HookContext):
         self.channels = [] if channels is None else [int(c) for c in channels]
         self.full_at = {(int(s), int(b)) for s, b in full}
         self.median_elems = int(median_elems)
+        if self.median_elems < 1:
+            raise ValueError(f"median_elems must be >= 1, got {median_elems}")
         bad_b = [b for b in self.blocks + [b for _, b in self.full_at] if not 0 <= b < n]
         if bad_b:
             raise ValueError(f"block ids {bad_b} out of range: the model has {n} blocks (0..{n - 1})")
@@ -283,10 +357,9 @@ class record(HookContext):
         self._cur = None       # current run: dict(bufs per block, filled, timesteps, meta)
         self._full = {}
         self.layout = None
-        self.dev = None        # DeviceTensors: pos (2,), range (rows + 1,), chan_idx (C,) on the blocks' device
+        self.dev = None        # DeviceTensors: pos (2,), range (rows + 1,), chan_idx (C,), sample_key (K,)
         self._device = None    # device the hooked blocks last ran on (None until one ran)
         self.slices = [slice(None)]
-        self.median_stride = 1
 
     def label(self, **info):
         """Attach ``info`` (JSON-serialisable, e.g. prompt and seed) to the next pipeline call's run."""
@@ -339,15 +412,17 @@ class record(HookContext):
             self.layout = lay
         dev = self._device or tracker.input_device
         S, D, L, C = self._cur["num_steps"] * 2, self.adapter.hidden_size, lay.num_tokens, len(self.channels)
-        self.median_stride = max(1, -(-L * D // self.median_elems))
         if self.dev is None or len(self.dev.range) < S + 1:
+            key = torch.randint(2 ** 31 - 1, (self.median_elems,), generator=torch.Generator().manual_seed(0))
             self.dev = DeviceTensors(pos=torch.zeros(2, dtype=torch.long), range=torch.arange(S + 1),
-                                     chan_idx=torch.tensor(self.channels, dtype=torch.long))
+                                     chan_idx=torch.tensor(self.channels, dtype=torch.long), sample_key=key)
         self.dev.on(dev)
         for b, hook in self._hooks.items():
-            bufs = {"stats": torch.full((S, 2 * D + 1), float("nan"), device=dev)}
+            bufs = {"stats": torch.full((S, 2 * D + self.median_elems), float("nan"), device=dev)}
             if C:
                 bufs["tokens"] = torch.full((S, L, C), float("nan"), device=dev)
+            for v in bufs.values():  # the row count (2 x steps) never enters a compiled block's graph:
+                torch._dynamo.maybe_mark_dynamic(v, 0)  # a run of another length reuses it
             hook.bufs = bufs
         self._cur["alloc"] = True
 
@@ -372,7 +447,9 @@ class record(HookContext):
         bufs = [self._hooks[b].bufs for b in self.blocks]
         for hook in self._hooks.values():
             hook.bufs = None
-        stats = torch.stack([bf["stats"].cpu() for bf in bufs], 1)                     # (steps*2, blocks, 2D+1)
+        # the median of each row's sample on the device, then max, mean and median to the host
+        stats = torch.stack([torch.cat([bf["stats"][:, :2 * d], median_from_sample(bf["stats"], d)[:, None]], 1).cpu()
+                             for bf in bufs], 1)                                       # (steps*2, blocks, 2D+1)
         stats = stats.reshape(n, 2, len(self.blocks), -1).transpose(1, 2)               # (steps, blocks, 2, 2D+1)
         out["chan_max"], out["chan_mean"], out["median"] = stats[..., :d], stats[..., d:2 * d], stats[..., 2 * d]
         if self.channels:
@@ -397,5 +474,5 @@ class record(HookContext):
         if len(steps) > 1:
             raise ValueError(f"runs have different step counts {sorted(steps)}; record them separately")
         data = {k: torch.stack([r[k] for r in self._runs]) for k in self._runs[0]}
-        meta = {"family": self.adapter.family, "runs": self._run_meta, "median_elems": self.median_elems, "median_stride": self.median_stride}
+        meta = {"family": self.adapter.family, "runs": self._run_meta, "median_elems": self.median_elems}
         return Recording(data, self.blocks, self.channels, self.layout, BRANCHES, meta, dict(self._full))

@@ -5,7 +5,7 @@ import torch
 
 import stas
 from stas.adapters import get_adapter
-from stas.record import Recording
+from stas.record import Recording, median_from_sample, median_rank_band, recording_bytes
 
 from conftest import call_kwargs
 
@@ -139,3 +139,102 @@ def test_record_validates_and_unhooks(wan):
             raise RuntimeError("boom")
     assert not blk._forward_hooks and not wan.transformer._forward_pre_hooks
     assert "step" not in wan.scheduler.__dict__ and "set_timesteps" not in wan.scheduler.__dict__
+
+
+# -- the per-call reduction against a float64 brute force ------------------------------------------
+
+def _stats_row(x, k, chans=(1, 4)):
+    """Run the record op (torch path) on x (b, L, D): (max, mean, median estimate, tokens) as float32."""
+    d = x.shape[-1]
+    key = torch.randint(2 ** 31 - 1, (k,), generator=torch.Generator().manual_seed(0))
+    stats = torch.full((3, 2 * d + k), float("nan"))
+    tokens = torch.full((3, x.shape[1], len(chans)), float("nan"))
+    torch.ops.stas.block_stats(x, torch.tensor([1]), stats, tokens, torch.tensor(chans), key)
+    assert torch.isnan(stats[[0, 2]]).all() and torch.isnan(tokens[[0, 2]]).all()
+    return stats[1, :d], stats[1, d:2 * d], median_from_sample(stats[1], d), tokens[1]
+
+
+def _block_output_like(shape, dtype, seed):
+    """Gaussian bulk with a few massive activations (two channels, first tokens), like a DiT block output."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g) * 0.8
+    x[:, :3, 2] = 400.0
+    x[:, :, 5] -= 60.0
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape,k", [((1, 64, 32), 4096), ((2, 40, 24), 4096), ((1, 1500, 96), 4096)])
+def test_block_stats_equal_float64_bruteforce(dtype, shape, k):
+    x = _block_output_like(shape, dtype, seed=k + shape[1])
+    mx, mean, med, tok = _stats_row(x, k)
+    a = x.double().abs()
+    ref_max, ref_mean = a.flatten(0, 1).amax(0), a.flatten(0, 1).mean(0)
+    assert torch.equal(mx.double(), ref_max)                               # an element: exact
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=0)  # float32 accumulation
+    torch.testing.assert_close(tok.double(), x.double()[..., [1, 4]].mean(0), rtol=1e-6, atol=0)
+    flat = a.flatten()
+    if flat.numel() <= k:  # every entry in the sample: the exact (lower) median
+        assert med.double() == flat.median()
+    else:                  # the sample's median: a quantile within the stated rank band, and close in value
+        delta = median_rank_band(k, confidence=1 - 1e-6)
+        assert (flat <= med).double().mean() >= 0.5 - delta and (flat < med).double().mean() <= 0.5 + delta
+        assert abs(med.double() / flat.median() - 1) <= 2.33 * delta
+
+
+def test_median_rank_band_covers_as_stated():
+    """Over many tensors and sample positions, the estimate's population rank falls within the 90 %
+    band at least about 90 % of the time (stratified sampling: a little more)."""
+    k = 101
+    assert abs(median_rank_band(16384, 0.99) - 2.5758 / (2 * 16384 ** 0.5)) < 2e-4  # ~ z / (2 sqrt(k))
+    delta = median_rank_band(k, 0.9)
+    from scipy.stats import binom  # the band's miss probability, by scipy: 0.1 at delta, more just inside it
+    miss = lambda d: binom.cdf(50, k, 0.5 + d) + binom.sf(50, k, 0.5 - d)  # noqa: E731
+    assert miss(delta) <= 0.1 + 1e-9 and miss(delta - 1e-6) > 0.1
+    inside = []
+    for seed in range(300):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, 200, 64, generator=g) * torch.rand(1, 200, 1, generator=g)  # tokens of varied scale
+        key = torch.randint(2 ** 31 - 1, (k,), generator=g)
+        stats = torch.full((1, 2 * 64 + k), float("nan"))
+        torch.ops.stas.block_stats(x, torch.tensor([0]), stats, None, torch.tensor([0]), key)
+        med, a = median_from_sample(stats[0], 64), x.abs().flatten()
+        inside.append(bool((a <= med).double().mean() >= 0.5 - delta and (a < med).double().mean() <= 0.5 + delta))
+    assert sum(inside) / len(inside) >= 0.86, sum(inside)
+
+
+def test_recording_bytes_is_what_record_allocates(wan):
+    kw = call_kwargs(wan, num_inference_steps=2)
+    ad = get_adapter(wan)
+    with stas.record(wan, channels=[0, 3], median_elems=1000) as rec:
+        stas.generate(wan, "a ball", seed=0, **kw)
+        used = sum(v.numel() * v.element_size() for hk in rec._hooks.values() for v in hk.bufs.values())
+        L = rec.layout.num_tokens
+    assert used == recording_bytes(ad.num_blocks, ad.hidden_size, L, 2, channels=2, median_elems=1000)
+    assert recording_bytes(30, 1536, 32760, 50, channels=2) == 1_019_712_000  # Wan2.1-1.3B, full size (README)
+    assert recording_bytes(30, 1536, 32760, 50) == 233_472_000
+
+
+def test_compiled_blocks_one_graph_for_runs_of_any_length():
+    """compile_repeated_blocks(fullgraph=True): runs of 2 and then 3 steps (buffers of 4 and 6 rows) share
+    one recording graph: the buffers' row count is dynamic, so a new run length does not recompile."""
+    from torch._dynamo.utils import counters
+
+    from test_setups import tiny
+
+    pipe = tiny()
+    pipe.transformer.compile_repeated_blocks(backend="eager", fullgraph=True)
+    kw = dict(prompt="a ball", height=32, width=32, num_frames=9, guidance_scale=2.0, max_sequence_length=16,
+              output_type="pt")
+    pipe(num_inference_steps=2, **kw)
+    n0 = counters["stats"]["unique_graphs"]
+    try:
+        with stas.record(pipe, channels=[1]) as rec:
+            pipe(num_inference_steps=2, **kw)
+            first = rec.stats
+            n1 = counters["stats"]["unique_graphs"]
+            pipe(num_inference_steps=3, **kw)
+        assert n1 - n0 <= 1 and counters["stats"]["unique_graphs"] == n1  # (0 if an earlier test compiled it)
+    finally:
+        torch._dynamo.reset()  # later tests count the graphs they compile themselves
+    assert first.num_steps == 2 and first["filled"].all()
