@@ -34,7 +34,7 @@ CUDA_BACKEND = "triton"
 # Tile of the main pass (see module docstring): block_n rows x block_d channels per load, rows per
 # program, warps, elementwise accumulators (acc2d) and software-pipelined loads (stages > 1: cp.async).
 # benchmarks/overhead.py sweeps alternatives at the real shape and prints the fastest as this line.
-CONFIG = dict(block_n=16, block_d=256, rows_per_program=512, num_warps=4, acc2d=True, stages=3)
+CONFIG = dict(block_n=64, block_d=128, rows_per_program=1024, num_warps=8, acc2d=True, stages=3)
 BACKEND = None  # set by benchmarks and tests to force one backend everywhere ("torch", "triton", ...)
 
 try:
