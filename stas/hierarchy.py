@@ -34,6 +34,10 @@ from .layout import POSITION_CLASSES, TokenLayout
 __all__ = ["magnitudes", "class_table", "frame_profiles", "estimate_boundary_width", "hierarchy_grid"]
 
 
+# positions per latent frame the boundary-width rule needs: a middle-half reference of >= 4 and a cap of >= 2
+MIN_POSITIONS = 8
+
+
 def _t(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
@@ -123,7 +127,8 @@ def estimate_boundary_width(values, layout: TokenLayout, unit: str = "tokens", k
 
     Returns ``{"head", "tail", "width", "threshold", "elevation" (P,), "elevated" (P,) bool,
     "per_frame": [(head, tail) for frames 1..], "unit", "se" (P,) standard error of e across
-    samples}``.
+    samples}``, and ``"ok"``: False (with ``"reason"``) when a frame has fewer than `MIN_POSITIONS`
+    positions in ``unit``, where the rule cannot separate a boundary from the interior.
     """
     prof = frame_profiles(values, layout, unit)["samples"]  # (N, F, P)
     fr = list(range(1, layout.frames)) if frames is None else list(frames)
@@ -131,6 +136,7 @@ def estimate_boundary_width(values, layout: TokenLayout, unit: str = "tokens", k
         raise ValueError("need at least two latent frames to estimate a boundary width")
     x = prof[:, fr]                                          # (N, F', P)
     P = x.shape[-1]
+    ok = P >= MIN_POSITIONS
     lo, hi = P // 4, P - P // 4
     ref = np.arange(lo, hi) if hi > lo else np.arange(P)
     base = np.median(x[..., ref], axis=-1, keepdims=True)
@@ -155,9 +161,11 @@ def estimate_boundary_width(values, layout: TokenLayout, unit: str = "tokens", k
     se = np.nanstd(e.reshape(n, P), axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(P, np.nan)
     head, tail, thr, up = one(pooled)
     per_frame = [one(np.nanmean(e[:, i], axis=0))[:2] for i in range(e.shape[1])]
+    reason = None if ok else (f"{P} {unit} per latent frame: the rule needs >= {MIN_POSITIONS} (a middle-half "
+                              f"reference of >= 4 positions and a head/tail cap of >= 2); this width is not a measurement")
     return {"head": head, "tail": tail, "width": max(head, tail), "threshold": thr, "elevation": pooled,
             "elevated": up, "se": se, "per_frame": per_frame, "frames": fr, "unit": unit, "k": k,
-            "margin": margin}
+            "margin": margin, "ok": ok, "reason": reason}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ class ModelEntry:
         prompts: the model's evaluation prompts (``default_prompts`` takes the first n).
         reference: ``fn(prompts, per_prompt, num_frames) -> [(prompt, seed, clip)]`` real clips
             matched to prompts (for Fréchet distances and metric floors), or None.
+        control: the registered name of a control model trained the same way (e.g. the house model's
+            uniform-encoder variant), for notebook 03's comparison; None when there is none.
     """
 
     name: str
@@ -50,6 +52,7 @@ class ModelEntry:
     features: Callable | None = None
     prompts: tuple = ()
     reference: Callable | None = None
+    control: str | None = None
 
 
 def register(entry: ModelEntry) -> ModelEntry:

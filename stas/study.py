@@ -70,13 +70,17 @@ def weights_hash(pipe, sample: int = 65536) -> str:
 
     Tensors up to ``sample`` elements are hashed whole, larger ones by ``sample`` evenly strided
     elements (a retrained model changes them all; hashing Wan-14B whole would take minutes). With
-    the scheduler's class and config, so two schedules never share a key."""
+    the scheduler's class and config, so two schedules never share a key. A BERT encoder's
+    ``pooler.*`` is left out: video pipelines use the last hidden state, and a checkpoint saved without
+    a pooler gets a random one at every load."""
     h = hashlib.sha256()
     mods = list(get_adapter(pipe).transformers)
     if getattr(pipe, "text_encoder", None) is not None:
         mods.append(pipe.text_encoder)
     for m in mods:
         for name, t in m.state_dict().items():
+            if name.startswith("pooler."):
+                continue
             h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
             flat = t.detach().reshape(-1)
             if flat.numel() > sample:

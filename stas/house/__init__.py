@@ -78,7 +78,8 @@ def _register():
     for name, variant in (("house", "causal"), ("house-causal", "causal"), ("house-uniform", "uniform")):
         register(ModelEntry(name=name, load=lambda device, dtype, v=variant: load_pipeline(v, device, dtype),
                             adapter=ADAPTERS[variant], stas_defaults=dict(STAS_DEFAULTS), metrics=dict(METRICS),
-                            features=features, prompts=tuple(EVAL_PROMPTS), reference=real_clips))
+                            features=features, prompts=tuple(EVAL_PROMPTS), reference=real_clips,
+                            control="house-uniform" if variant == "causal" else None))
 
 
 _register()
