@@ -25,8 +25,6 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "house"
 _COMMON = dict(height=SIZE, width=SIZE, num_frames=NUM_FRAMES, num_inference_steps=10, guidance_scale=4.0,
                max_sequence_length=32)  # the text length of training: WanPipeline's 512 would pad 480 zeros
 DEFAULTS = {"causal": dict(_COMMON), "uniform": dict(_COMMON)}
-# frames a default call returns
-OUTPUT_FRAMES = {"causal": NUM_FRAMES, "uniform": 1 + (NUM_FRAMES - 1) // 4}
 
 # The house model's STAS default, chosen by notebooks/07_ablations.ipynb (α sweep, K sweep, block,
 # positions, channels): change it only together with that notebook's "What we saw" cell. 8 blocks,
@@ -84,4 +82,4 @@ def _register():
 
 _register()
 
-__all__ = ["load_pipeline", "DEFAULTS", "OUTPUT_FRAMES", "DATA_DIR", "variant_dir", "VARIANTS", "STAS_DEFAULTS"]
+__all__ = ["load_pipeline", "DEFAULTS", "DATA_DIR", "variant_dir", "VARIANTS", "STAS_DEFAULTS"]

@@ -85,15 +85,6 @@ def real_clips(prompts, per_prompt: int = 4, num_frames: int | None = None):
     return out
 
 
-def real_features(prompts, per_prompt: int = 4, num_frames: int | None = None, clips=None) -> np.ndarray:
-    """Featnet features (N, 64) of real world clips matched to ``prompts`` (or of ``clips`` from
-    `real_clips`)."""
-    clips = real_clips(prompts, per_prompt, num_frames) if clips is None else clips
-    if not clips:
-        return np.zeros((0, 64), np.float32)
-    return np.concatenate([_featnet.features([c for _, _, c in clips[i:i + 16]]) for i in range(0, len(clips), 16)])
-
-
 def features(videos) -> np.ndarray:
     """(N, 64) `featnet` features of clips (F, 3, H, W) in [0, 1] (the trained net in ``data/featnet``)."""
     return _featnet.features(videos)
