@@ -89,7 +89,8 @@ def weights_hash(pipe, sample: int = 65536) -> str:
     sch = getattr(pipe, "scheduler", None)
     if sch is not None:
         h.update(type(sch).__name__.encode())
-        h.update(json.dumps(dict(sch.config), sort_keys=True, default=str).encode())
+        cfg = {k: v for k, v in sch.config.items() if not k.startswith("_")}  # "_use_default_values": a set's order
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 

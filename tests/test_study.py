@@ -76,3 +76,16 @@ def test_record_footprint_matches_what_record_keeps(wan):
     fp = study.record_footprint_of(wan, kw, channels=2)
     kept = sum(st[k][0].numel() * 4 for k in ("chan_max", "chan_mean", "median", "tokens"))
     assert fp["stats"] + fp["tokens"] == kept
+
+
+def test_weights_hash_is_the_same_in_every_process():
+    """A recording saved by one notebook must be found by the next (a new process, another hash seed):
+    diffusers' config carries a set-ordered "_use_default_values" that must not enter the key."""
+    import subprocess
+    import sys
+
+    code = "import stas; from stas import study; print(study.weights_hash(stas.load('tiny-random-wan', device='cpu')))"
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout.split()[-1]
+           for seed in ("1", "2", "3")}
+    assert len(out) == 1
