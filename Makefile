@@ -10,7 +10,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb)) $(wildcard notebooks/exp
 export MPLBACKEND ?= Agg
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test unit notebooks figures bench clean
+.PHONY: setup test test-tiny unit notebooks figures bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +23,26 @@ setup: $(VENV)/.installed
 
 # Notebooks under `make test` run at CI size (1 prompt, 2 seeds, 4 denoising steps) and write their
 # figures, recordings and tables into .test-artifacts/, leaving the committed ones (from `make figures`) alone.
+ART := $(CURDIR)/.test-artifacts
 NB_TEST_ENV := STAS_PROMPTS=1 STAS_SEEDS=2 STAS_STEPS=4 STAS_REAL_PER_PROMPT=2 \
-	STAS_FIGURES=$(CURDIR)/.test-artifacts/figures STAS_STATS_DIR=$(CURDIR)/.test-artifacts/stats \
-	STAS_RESULTS_DIR=$(CURDIR)/.test-artifacts/results
+	STAS_FIGURES=$(ART)/figures STAS_STATS_DIR=$(ART)/stats STAS_RESULTS_DIR=$(ART)/results
+NBMAKE := $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=1800
+# Notebooks 01-04 also run on real-checkpoint directories: tiny random Wan and CogVideoX pipelines
+# (CogVideoX with a 16-token text encoder) written by `python -m stas save-tiny` at test time.
+NB_TINY := $(sort $(wildcard notebooks/0[1-4]_*.ipynb))
+TINY_ENV = STAS_PROMPTS=1 STAS_SEEDS=2 STAS_HEIGHT=32 STAS_WIDTH=32 STAS_FRAMES=9 STAS_STEPS=4 \
+	STAS_FIGURES=$(ART)/tiny-$(1)/figures STAS_STATS_DIR=$(ART)/tiny-$(1)/stats STAS_MODEL=$(ART)/tiny-$(1)/model
 
-# all tests: unit tests, then every notebook run fresh through nbmake
+# all tests: unit tests, then every notebook run fresh through nbmake (house model), then 01-04 on tiny dirs
 test: setup
 	$(PY) -m pytest -q tests
-	$(if $(NOTEBOOKS),$(NB_TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=1800 $(NOTEBOOKS))
+	$(if $(NOTEBOOKS),$(NB_TEST_ENV) $(NBMAKE) $(NOTEBOOKS))
+	$(MAKE) test-tiny
+
+test-tiny: setup
+	@for fam in wan cogvideox; do \
+	  rm -rf $(ART)/tiny-$$fam && $(PY) -m stas save-tiny $$fam $(ART)/tiny-$$fam/model >/dev/null || exit 1; \
+	  env $(call TINY_ENV,$$fam) $(NBMAKE) $(NB_TINY) || exit 1; done
 
 unit: setup
 	$(PY) -m pytest -q tests

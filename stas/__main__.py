@@ -1,8 +1,13 @@
-"""Command line: ``python -m stas generate|figures|bench|evaluate ...`` (``-h`` on each for options)."""
+"""Command line: ``python -m stas generate|evaluate|figures|bench|save-tiny ...`` (``-h`` on each).
+
+With the notebooks' parameter cells, the one place that reads environment variables: ``$STAS_MODEL``
+is the default of ``--model`` (else ``house``); everything else is an option.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +19,22 @@ def cmd_generate(a):
     import stas
 
     pipe = stas.load(a.model)
-    kw = {k: v for k, v in dict(num_frames=a.frames, num_inference_steps=a.steps, guidance_scale=a.guidance).items()
-          if v is not None}
+    kw = stas.call_settings(pipe, a.preset, num_frames=a.frames, num_inference_steps=a.steps,
+                            guidance_scale=a.guidance, height=a.size, width=a.size)
     ctx = _null()
-    if a.channels is not None:  # STAS: the defaults of stas.defaults (house: chosen in notebook 07), overridable
+    if a.channels is not None:  # STAS: the model's registered defaults, else the paper's scaled; overridable
         from .defaults import ma_channels, stas_config
 
-        chans = a.channels or ma_channels(pipe)["ma"]
+        chans = a.channels
+        if not chans:
+            ch = ma_channels(pipe, call=kw)
+            if ch["fallback"]:
+                raise SystemExit(f"no channel passes the MA criteria on this model (top by peak/median: {ch['top']}); "
+                                 "name channels with --channels C [C ...]")
+            chans = ch["ma"]
         over = {k: v for k, v in dict(alpha=a.alpha, steps=a.stas_steps,
                                       blocks=tuple(a.blocks) if a.blocks else None).items() if v is not None}
-        n = kw.get("num_inference_steps", stas.native_defaults(pipe)["num_inference_steps"])
-        cfg = stas_config(pipe, chans, n, **over)
+        cfg = stas_config(pipe, chans, kw["num_inference_steps"], **over)
         print(cfg)
         ctx = stas.steer(pipe, cfg)
     with ctx:
@@ -38,6 +48,12 @@ def cmd_figures(a):
         print(f"== {nb.name}", flush=True)
         subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
                         "--ExecutePreprocessor.timeout=-1", str(nb)], check=True, cwd=nb.parent)
+
+
+def cmd_save_tiny(a):
+    import stas
+
+    print(stas.save_tiny(a.family, a.dir, a.seed))
 
 
 def cmd_bench(a):
@@ -57,14 +73,16 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="generate one clip (optionally with STAS) and save it as MP4/GIF")
     g.add_argument("prompt")
-    g.add_argument("--model", default=None, help="house (default, or $STAS_MODEL), a diffusers dir or hub id")
+    g.add_argument("--model", default=None, help="a registered name, a diffusers dir or hub id (default $STAS_MODEL or house)")
+    g.add_argument("--preset", default="native", choices=["native", "quick"], help="call settings preset")
+    g.add_argument("--size", type=int, default=None, help="height = width")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--frames", type=int, default=None)
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--guidance", type=float, default=None)
     g.add_argument("--channels", type=int, nargs="*", default=None,
                    help="enable STAS on these channels (given with no value: the MA channels measured on one clip)")
-    g.add_argument("--blocks", type=int, nargs="+", default=None, help="steered blocks (default: stas.defaults)")
+    g.add_argument("--blocks", type=int, nargs="+", default=None, help="steered blocks (default: the model's)")
     g.add_argument("--alpha", type=float, default=None)
     g.add_argument("--stas-steps", type=int, default=None, help="K: steer the first K steps")
     g.add_argument("--out", default="video.mp4")
@@ -75,10 +93,17 @@ def main(argv=None):
     b.add_argument("which", choices=["overhead", "house_speed"])
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
+    t = sub.add_parser("save-tiny", help="write a tiny random diffusers pipeline to a directory (tests, CI)")
+    t.add_argument("family", choices=["wan", "cogvideox"])
+    t.add_argument("dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=cmd_save_tiny)
     from .evaluate import add_cli  # `evaluate`: prompts x seeds x methods -> results table (accelerate-sharded)
 
     add_cli(sub)
     a = ap.parse_args(argv)
+    if hasattr(a, "model") and a.model is None:
+        a.model = os.environ.get("STAS_MODEL", "house")
     a.fn(a)
 
 

@@ -27,12 +27,11 @@ def trace_steering(pipe, prompt: str, seed: int, config: STASConfig, call: dict 
     """Generate ``prompt``/``seed`` without and with ``config``, recording every block with the
     per-token values of ``config.channels``. Returns ``{"videos": {name: clip}, "stats": {name: Recording}}``
     (names ``baseline``, ``stas``; with steering the record hook sees the steered block output)."""
-    from .cache import call_kwargs
-    from .load import generate
+    from .load import call_settings, generate
     from .record import record
     from .steer import steer
 
-    kw = call_kwargs(pipe, **(call or {}))
+    kw = dict(call) if call is not None else call_settings(pipe)
     videos, stats = {}, {}
     for name in ("baseline", "stas"):
         with record(pipe, channels=list(config.channels)) as rec:
@@ -64,7 +63,7 @@ def ablation_groups(base: STASConfig, chosen: dict, num_blocks: int, num_steps: 
                     alphas=(0.5, 1.0, 2.0, 4.0), ks=None, blocks=None) -> dict:
     """``{group: {label: STASConfig}}`` for the paper's ablations around ``base``.
 
-    ``chosen``: `stas.cache.choose_channels` output (``ma``, ``weak``, ``plain`` channel ids).
+    ``chosen``: `stas.massive.choose_channels` output (``ma``, ``weak``, ``plain`` channel ids).
     K values default to 1, 2, N/2 and N (all steps); blocks to early / mid / late."""
     ks = ks or sorted({1, 2, max(1, num_steps // 2), num_steps})
     blocks = blocks or sorted({1 if num_blocks > 2 else 0, num_blocks // 2, num_blocks - 1})
@@ -103,7 +102,7 @@ def run_ablations(pipe, prompts, seeds, groups: dict, call: dict | None = None, 
     """Evaluate every distinct setting of ``groups`` and the baseline on prompts x seeds (paired).
     Returns ``(rows, where)`` for `ablation_table`."""
     methods, where = unique_configs(groups)
-    rows, _ = evaluate(pipe, prompts, seeds, methods, call, features=False, progress=progress, desc="ablations")
+    rows, _ = evaluate(pipe, prompts, seeds, methods, call, progress=progress, desc="ablations")
     return rows, where
 
 
@@ -121,15 +120,14 @@ def ablation_table(rows, where: dict, groups: dict, metrics_=ABLATION_METRICS) -
     return out
 
 
-def table_text(table: dict, metrics_=ABLATION_METRICS, fmt: str = "{:+.4f}") -> str:
-    """The ablation table as aligned text (mean paired differences; * where the 95% CI excludes 0)."""
-    lines = [f"{'group':<11} {'setting':<20} " + " ".join(f"{k:>11}" for k in metrics_)]
-    for g, d in table.items():
-        for lab, vals in d.items():
-            cells = []
-            for k in metrics_:
-                mu, lo, hi = vals[k]
-                star = "*" if np.isfinite(lo) and (lo > 0 or hi < 0) else " "
-                cells.append(f"{fmt.format(mu):>10}{star}")
-            lines.append(f"{g:<11} {lab:<20} " + " ".join(cells))
-    return "\n".join(lines)
+def ablation_frame(table: dict, metrics_=ABLATION_METRICS):
+    """The ablation table as a pandas DataFrame indexed by (group, setting): the paired mean difference
+    per metric, as text with ``*`` where the 95 % CI excludes 0."""
+    import pandas as pd
+
+    def cell(v):
+        mu, lo, hi = v
+        return f"{mu:+.4f}" + ("*" if np.isfinite(lo) and (lo > 0 or hi < 0) else "")
+
+    return pd.DataFrame.from_dict({(g, lab): {k: cell(vals[k]) for k in metrics_}
+                                   for g, d in table.items() for lab, vals in d.items()}, orient="index")

@@ -8,7 +8,9 @@ An adapter answers, for one pipeline (or a bare transformer):
 * the `TokenLayout` of a transformer call, from the latent it is called with;
 * how classifier-free guidance runs: Wan calls the transformer twice per step (cond, then
   uncond); CogVideoX once, with the batch ``[uncond, cond]``;
-* the family's published sampling defaults (for `stas.generate`).
+* the family's native call defaults (size, frames, steps, guidance and ``max_sequence_length``,
+  the family's real text limit) and small presets for a quick run (for `stas.generate`); a
+  registered model (`stas.registry`) brings its own adapter subclass with its own numbers.
 
 Supported: ``WanTransformer3DModel`` (Wan2.1, Wan2.2 incl. TI2V's ``expand_timesteps``, and the
 house model) and ``CogVideoXTransformer3DModel``.
@@ -33,6 +35,7 @@ class Adapter:
 
     family = "?"
     transformer_classes: tuple[str, ...] = ()
+    native: dict | None = None  # a subclass for one model sets its native call here (else the family's)
 
     def __init__(self, obj):
         self.pipe = None if isinstance(obj, nn.Module) else obj
@@ -57,8 +60,14 @@ class Adapter:
         raise NotImplementedError
 
     @property
-    def temporal_factor(self) -> int:
+    def call_temporal_factor(self) -> int:
+        """The pipeline's own frame arithmetic: it asks for 1 + (num_frames - 1) // this latent frames."""
         return int(getattr(self.pipe, "vae_scale_factor_temporal", 4) or 4)
+
+    @property
+    def temporal_factor(self) -> int:
+        """Pixel frames per latent frame in the video the pipeline returns (the layout's ``r``)."""
+        return self.call_temporal_factor
 
     @property
     def spatial_factor(self) -> int:
@@ -94,9 +103,63 @@ class Adapter:
         name (None when it set none), ``call_in_step`` the call's index within its denoising step."""
         raise NotImplementedError
 
-    def defaults(self) -> dict:
+    def family_defaults(self) -> dict:
         """Published sampling defaults of the family (height, width, num_frames, steps, guidance)."""
         return {}
+
+    def max_sequence_length(self) -> int | None:
+        """Text tokens the model can take (the family's real limit); None when unknown."""
+        return None
+
+    def defaults(self) -> dict:
+        """Native call defaults: ``native`` of a registered model's adapter, else the family's
+        published defaults with ``max_sequence_length`` from the family's real text limit."""
+        if self.native is not None:
+            return dict(self.native)
+        d = self.family_defaults()
+        n = self.max_sequence_length()
+        if n is not None:
+            d["max_sequence_length"] = n
+        return d
+
+    def preset(self, name: str = "native") -> dict:
+        """Call settings by preset: ``"native"`` (`defaults`) or ``"quick"`` (a short, small run of a
+        real checkpoint: a quarter of the native area rounded to what the VAE and patch take, 17 frames
+        or fewer, 10 steps or fewer; the same guidance and text length). Raises ``ValueError`` for
+        another name."""
+        d = self.defaults()
+        if name == "native":
+            return d
+        if name != "quick":
+            raise ValueError(f"unknown preset {name!r}; choose 'native' or 'quick'")
+        m = self.spatial_factor * max(self.patch_size[1], self.patch_size[2])
+        q = dict(d)
+        for k in ("height", "width"):
+            if k in d:
+                q[k] = max(m, d[k] // 2 // m * m)
+        if "num_frames" in d:
+            r = self.call_temporal_factor
+            q["num_frames"] = min(d["num_frames"], 1 + 4 * r)
+        if "num_inference_steps" in d:
+            q["num_inference_steps"] = min(d["num_inference_steps"], 10)
+        return q
+
+    def layout_for_call(self, num_frames: int, height: int, width: int) -> TokenLayout:
+        """The `TokenLayout` a pipeline call with this size produces, from the pipeline's own frame
+        arithmetic (`call_temporal_factor`) and the returned video's (`temporal_factor`).
+
+        Raises ``ValueError`` for a size the VAE and patch cannot take (before any denoising)."""
+        from .layout import latent_frames_for
+
+        lf = latent_frames_for(num_frames, self.call_temporal_factor)
+        p, s = self.patch_size, self.spatial_factor
+        if height % (s * p[1]) or width % (s * p[2]):
+            raise ValueError(f"height x width = {height}x{width} must be multiples of {s * p[1]}x{s * p[2]} "
+                             f"(VAE {s}x, patch {p[1]}x{p[2]})")
+        if lf % p[0]:
+            raise ValueError(f"num_frames={num_frames} gives {lf} latent frames, not a multiple of the "
+                             f"temporal patch {p[0]}")
+        return TokenLayout(lf, height // s, width // s, p, self.temporal_factor, s)
 
     def describe(self) -> dict:
         """What matters about the model, for printing."""
@@ -147,10 +210,16 @@ class WanAdapter(Adapter):
             return [("uncond", slice(None))]
         return [("cond", slice(None))]
 
-    def defaults(self):
+    def family_defaults(self):
         if self.config.in_channels == 48:  # Wan2.2-TI2V-5B (16x spatial VAE)
             return dict(height=704, width=1280, num_frames=121, num_inference_steps=50, guidance_scale=5.0)
         return dict(height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0)
+
+    def max_sequence_length(self):
+        # WanPipeline pads every prompt to max_sequence_length (default 512) and runs the text encoder
+        # on it: the limit is the tokenizer's and the encoder's (UMT5 has relative positions: 512 from
+        # the tokenizer; a BERT encoder has max_position_embeddings).
+        return text_encoder_limit(self.pipe)
 
 
 class CogVideoXAdapter(Adapter):
@@ -185,8 +254,28 @@ class CogVideoXAdapter(Adapter):
             return [("uncond", slice(0, half)), ("cond", slice(half, batch))]
         return [("cond", slice(None))]
 
-    def defaults(self):
+    def family_defaults(self):
         return dict(height=480, width=720, num_frames=49, num_inference_steps=50, guidance_scale=6.0)
+
+    def max_sequence_length(self):
+        # CogVideoX's positional embedding covers max_text_seq_length text tokens (226 for the 2B/5B).
+        return int(self.config.max_text_seq_length)
+
+
+def text_encoder_limit(pipe) -> int | None:
+    """The most tokens ``pipe``'s tokenizer and text encoder take: the smallest of the tokenizer's
+    ``model_max_length`` and the encoder config's ``max_position_embeddings`` / ``n_positions``
+    (None when the pipeline has neither a bounded tokenizer nor such an encoder)."""
+    lims = []
+    tok = getattr(pipe, "tokenizer", None)
+    if tok is not None and 0 < int(getattr(tok, "model_max_length", 0) or 0) < 1_000_000:
+        lims.append(int(tok.model_max_length))
+    cfg = getattr(getattr(pipe, "text_encoder", None), "config", None)
+    for k in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, k, None)
+        if isinstance(v, int) and v > 0:
+            lims.append(v)
+    return min(lims) if lims else None
 
 
 ADAPTERS = (WanAdapter, CogVideoXAdapter)
@@ -197,6 +286,11 @@ def get_adapter(obj) -> Adapter:
 
     Raises `UnsupportedModelError` naming the supported families when none fits.
     """
+    from .registry import entry_of
+
+    e = None if isinstance(obj, nn.Module) else entry_of(obj)
+    if e is not None and e.adapter is not None:
+        return e.adapter(obj)
     t = obj if isinstance(obj, nn.Module) else getattr(obj, "transformer", None)
     name = type(t).__name__
     for cls in ADAPTERS:

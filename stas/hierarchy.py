@@ -14,7 +14,6 @@ What it computes:
   frame's span (in tokens, or in token rows), expressed as the relative elevation over that
   frame's interior; then the number of head and tail positions that stand out (rule below).
 * `hierarchy_grid`: the two ratios per (block, step), for the block x step heatmaps.
-* `layerwise_topk`: Sun-et-al.-style top-1/2/3 |h| and the median per block.
 
 The boundary-width rule (documented in `estimate_boundary_width`): a position counts as elevated
 when its mean relative elevation over the frame's interior exceeds
@@ -32,8 +31,11 @@ import torch
 
 from .layout import POSITION_CLASSES, TokenLayout
 
-__all__ = ["magnitudes", "class_table", "frame_profiles", "estimate_boundary_width", "hierarchy_grid",
-           "peak_over_mean", "layerwise_topk", "channel_overlap", "rounded", "format_table"]
+__all__ = ["magnitudes", "class_table", "frame_profiles", "estimate_boundary_width", "hierarchy_grid"]
+
+
+# positions per latent frame the boundary-width rule needs: a middle-half reference of >= 4 and a cap of >= 2
+MIN_POSITIONS = 8
 
 
 def _t(x) -> torch.Tensor:
@@ -125,7 +127,8 @@ def estimate_boundary_width(values, layout: TokenLayout, unit: str = "tokens", k
 
     Returns ``{"head", "tail", "width", "threshold", "elevation" (P,), "elevated" (P,) bool,
     "per_frame": [(head, tail) for frames 1..], "unit", "se" (P,) standard error of e across
-    samples}``.
+    samples}``, and ``"ok"``: False (with ``"reason"``) when a frame has fewer than `MIN_POSITIONS`
+    positions in ``unit``, where the rule cannot separate a boundary from the interior.
     """
     prof = frame_profiles(values, layout, unit)["samples"]  # (N, F, P)
     fr = list(range(1, layout.frames)) if frames is None else list(frames)
@@ -133,6 +136,7 @@ def estimate_boundary_width(values, layout: TokenLayout, unit: str = "tokens", k
         raise ValueError("need at least two latent frames to estimate a boundary width")
     x = prof[:, fr]                                          # (N, F', P)
     P = x.shape[-1]
+    ok = P >= MIN_POSITIONS
     lo, hi = P // 4, P - P // 4
     ref = np.arange(lo, hi) if hi > lo else np.arange(P)
     base = np.median(x[..., ref], axis=-1, keepdims=True)
@@ -157,9 +161,11 @@ def estimate_boundary_width(values, layout: TokenLayout, unit: str = "tokens", k
     se = np.nanstd(e.reshape(n, P), axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(P, np.nan)
     head, tail, thr, up = one(pooled)
     per_frame = [one(np.nanmean(e[:, i], axis=0))[:2] for i in range(e.shape[1])]
+    reason = None if ok else (f"{P} {unit} per latent frame: the rule needs >= {MIN_POSITIONS} (a middle-half "
+                              f"reference of >= 4 positions and a head/tail cap of >= 2); this width is not a measurement")
     return {"head": head, "tail": tail, "width": max(head, tail), "threshold": thr, "elevation": pooled,
             "elevated": up, "se": se, "per_frame": per_frame, "frames": fr, "unit": unit, "k": k,
-            "margin": margin}
+            "margin": margin, "ok": ok, "reason": reason}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,59 +181,3 @@ def hierarchy_grid(stats, channel, layout: TokenLayout | None = None, boundary_w
     out["first/interior"] = (cm["first_frame"] / cm["interior"]).mean(0).T.numpy()
     out["boundary/interior"] = (cm["boundary"] / cm["interior"]).mean(0).T.numpy()
     return out
-
-
-def peak_over_mean(stats, channel: int, branch: str = "cond") -> torch.Tensor:
-    """The paper's ratio for one channel: max_t |h[t, c]| over the mean |h| of the whole hidden
-    state, per (run, step, block) -> (R, S, NB)."""
-    b = list(stats.branches).index(branch)
-    return stats["chan_max"][:, :, :, b, channel] / stats["chan_mean"][:, :, :, b].mean(-1)
-
-
-def layerwise_topk(stats, k: int = 3, steps=None, branch: str = "cond") -> dict:
-    """Sun et al.'s layerwise view: per block, the k largest channel peaks max_t |h[t, c]| and the
-    median |h|, each a median over runs and the chosen steps. Returns {"top": (NB, k), "median": (NB,),
-    "channels": (NB, k) channel ids of the top peaks, "blocks": list}."""
-    b = list(stats.branches).index(branch)
-    peak = stats["chan_max"][:, :, :, b]                     # (R, S, NB, D)
-    med = stats["median"][:, :, :, b]                        # (R, S, NB)
-    if steps is not None:
-        idx = torch.as_tensor(list(steps), dtype=torch.long)
-        peak, med = peak[:, idx], med[:, idx]
-    top = peak.topk(k, dim=-1)                               # per entry, then median over runs/steps
-    vals = top.values.flatten(0, 1).nanmedian(0).values      # (NB, k)
-    chans = peak.flatten(0, 1).nanmedian(0).values.topk(k, -1).indices
-    return {"top": vals.numpy(), "median": med.flatten(0, 1).nanmedian(0).values.numpy(),
-            "channels": chans.numpy(), "blocks": list(stats.blocks)}
-
-
-def channel_overlap(stats, k: int = 3, branch: str = "cond", block=None) -> dict:
-    """Prompt invariance of the top channels: for each run, the top-k channels by peak/median
-    (median over steps and blocks, or one ``block``); returns {"per_run": [[ids]...], "jaccard": mean
-    pairwise Jaccard index, "common": ids in every run's top-k}."""
-    b = list(stats.branches).index(branch)
-    r = stats["chan_max"][:, :, :, b] / stats["median"][:, :, :, b, None]   # (R, S, NB, D)
-    if block is not None:
-        r = r[:, :, [list(stats.blocks).index(block)]]
-    score = r.flatten(1, 2).nanmedian(1).values                               # (R, D)
-    sets = [set(score[i].topk(k).indices.tolist()) for i in range(score.shape[0])]
-    pairs = [len(a & c) / len(a | c) for i, a in enumerate(sets) for c in sets[i + 1:]]
-    return {"per_run": [sorted(s) for s in sets], "jaccard": float(np.mean(pairs)) if pairs else 1.0,
-            "common": sorted(set.intersection(*sets)) if sets else []}
-
-
-def rounded(a, n: int = 3) -> list:
-    """A 1D array / tensor as a list of Python floats rounded to ``n`` digits (for printing)."""
-    return [round(float(v), n) for v in np.asarray(a.detach() if isinstance(a, torch.Tensor) else a).ravel()]
-
-
-def format_table(rows, cols=None, fmt="{:.3g}") -> str:
-    """A plain-text table of a list of dicts (for notebook printing without pandas)."""
-    rows = list(rows)
-    if not rows:
-        return "(empty)"
-    cols = cols or list(rows[0])
-    cell = lambda v: fmt.format(v) if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
-    w = [max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in cols]
-    line = lambda vals: "  ".join(s.rjust(n) for s, n in zip(vals, w))  # noqa: E731
-    return "\n".join([line(cols)] + [line([cell(r.get(c, "")) for c in cols]) for r in rows])

@@ -64,6 +64,13 @@ def latent_frame_of(pixel_frame: int, temporal_factor: int = 4) -> int:
     return 0 if pixel_frame == 0 else (pixel_frame - 1) // temporal_factor + 1
 
 
+def crosses_latent_frames(num_frames: int, temporal_factor: int = 4) -> torch.Tensor:
+    """(num_frames - 1,) bool: whether pixel transition i -> i + 1 crosses from one latent frame to
+    the next (a chunk seam: 0 -> 1, 4 -> 5, ... for r = 4; every transition for r = 1)."""
+    lat = torch.tensor([latent_frame_of(f, temporal_factor) for f in range(num_frames)])
+    return lat[1:] != lat[:-1]
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Where each video token of a transformer call sits.

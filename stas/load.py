@@ -2,29 +2,26 @@
 
 ``stas.load(name)`` accepts
 
-* ``"house"`` (the default of ``$STAS_MODEL``): the repo's own miniature Wan text-to-video model,
-  trained by ``python -m stas.house.train`` and shipped in ``data/house/`` ("house-uniform" gives the
-  per-frame-encoder variant);
-* ``"tiny-random-wan"`` / ``"tiny-random-cogvideox"``: randomly initialised, seconds-fast pipelines
-  of the real diffusers classes, for tests (no learned behaviour at all);
+* a name registered in `stas.registry` by a model plug-in (``stas.registry.names()``; e.g. the repo's
+  house model) or one of the tiny random test pipelines ``"tiny-random-wan"`` /
+  ``"tiny-random-cogvideox"`` (seconds-fast, real diffusers classes, no learned behaviour);
 * a local diffusers pipeline directory or a hub id (Wan2.1, Wan2.2, CogVideoX), loaded with
   ``DiffusionPipeline.from_pretrained``.
 
-Device and dtype default to CUDA + bfloat16 when a GPU is there, else CPU + float32.
+Device and dtype default to CUDA + bfloat16 when a GPU is there, else CPU + float32. Native call
+defaults (size, frames, steps, guidance, text length) come from the model's adapter
+(`stas.adapters`); ``save_tiny`` writes a tiny random pipeline to a directory (for tests of the
+directory path).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from .adapters import get_adapter
-from .layout import latent_frames_for
-
-TINY = ("tiny-random-wan", "tiny-random-cogvideox")
-
+from . import registry
+from .adapters import CogVideoXAdapter, WanAdapter, get_adapter
 
 def default_device_dtype(device=None, dtype=None):
     """(device, dtype): CUDA + bf16 when available, else CPU + float32; explicit values win."""
@@ -35,28 +32,25 @@ def default_device_dtype(device=None, dtype=None):
     return torch.device(device), dtype
 
 
-def load(name_or_path: str | None = None, device=None, dtype=None):
-    """A diffusers video pipeline for ``name_or_path`` (default ``$STAS_MODEL`` or ``"house"``).
+def load(name_or_path: str, device=None, dtype=None):
+    """A diffusers video pipeline for ``name_or_path``: a registered name (`stas.registry.names`),
+    a local diffusers directory or a hub id.
 
-    The pipeline gets a ``stas_name`` attribute (the name it was loaded by) that `generate` uses to
-    choose native defaults. Raises `stas.adapters.UnsupportedModelError` for a pipeline whose
-    transformer no adapter supports.
+    The pipeline gets a ``stas_name`` attribute (the name it was loaded by), through which
+    `get_adapter` finds a registered model's adapter. Raises ``ValueError`` for a name that is none of
+    these, `stas.adapters.UnsupportedModelError` for a pipeline whose transformer no adapter supports.
     """
-    name = name_or_path or os.environ.get("STAS_MODEL", "house")
+    name = str(name_or_path)
     device, dtype = default_device_dtype(device, dtype)
-    if name in ("house", "house-causal", "house-uniform"):
-        from . import house
-
-        pipe = house.load_pipeline("uniform" if name.endswith("uniform") else "causal", device=device, dtype=dtype)
-    elif name in TINY:
-        pipe = tiny_random_pipeline(name.split("-")[-1]).to(device)
-        if dtype != torch.float32:
-            pipe = pipe.to(dtype=dtype)
+    e = registry.entry(name)
+    if e is not None:
+        pipe = e.load(device=device, dtype=dtype)
     else:
         from diffusers import DiffusionPipeline
 
         if not Path(name).exists() and "/" not in name:
-            raise ValueError(f"{name!r} is neither 'house', {TINY}, a local directory nor a hub id (org/name)")
+            raise ValueError(f"{name!r} is neither a registered model {registry.names()}, a local directory "
+                             f"nor a hub id (org/name)")
         pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=dtype).to(device)
     get_adapter(pipe)  # fail early, with the supported families named
     pipe.stas_name = name
@@ -64,8 +58,9 @@ def load(name_or_path: str | None = None, device=None, dtype=None):
     return pipe
 
 
-def _tiny_text_encoder(dim: int, seed: int):
-    """A 1-layer random BERT (dim ``dim``) with a small word vocabulary built on the fly."""
+def _tiny_text_encoder(dim: int, seed: int, positions: int = 64):
+    """A 1-layer random BERT (dim ``dim``, ``positions`` text positions) with a small word vocabulary
+    built on the fly."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     words = "a an the red green blue yellow white black square circle triangle ball moves left right up down " \
@@ -74,7 +69,7 @@ def _tiny_text_encoder(dim: int, seed: int):
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
     torch.manual_seed(seed)
     enc = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=dim, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=2 * dim, max_position_embeddings=64), add_pooling_layer=False)
+                               intermediate_size=2 * dim, max_position_embeddings=positions), add_pooling_layer=False)
     return tok, enc.eval()
 
 
@@ -82,8 +77,9 @@ def tiny_random_pipeline(family: str = "wan", seed: int = 0, text_encoder: bool 
     """A randomly initialised, tiny pipeline of the real diffusers classes (CPU, well under a second).
 
     ``family`` is ``"wan"`` (WanPipeline: 2 blocks, hidden 24, 16 latent channels, VAE 4x temporal /
-    8x spatial) or ``"cogvideox"`` (CogVideoXPipeline: 2 blocks, hidden 32). With ``text_encoder``
-    it carries a 1-layer random BERT so ``pipe(prompt=...)`` works; otherwise pass ``prompt_embeds``.
+    8x spatial) or ``"cogvideox"`` (CogVideoXPipeline: 2 blocks, hidden 32, 16 text tokens). With
+    ``text_encoder`` it carries a 1-layer random BERT (64 positions for Wan; 16 for CogVideoX, its
+    transformer's ``max_text_seq_length``) so ``pipe(prompt=...)`` works; otherwise pass ``prompt_embeds``.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -115,38 +111,53 @@ def tiny_random_pipeline(family: str = "wan", seed: int = 0, text_encoder: bool 
                                                   out_channels=4, time_embed_dim=2, text_embed_dim=text_dim,
                                                   num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
                                                   patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16)
-        tok, enc = _tiny_text_encoder(text_dim, seed) if text_encoder else (None, None)
+        tok, enc = _tiny_text_encoder(text_dim, seed, positions=16) if text_encoder else (None, None)
         return CogVideoXPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=transformer,
                                  scheduler=CogVideoXDDIMScheduler())
     raise ValueError(f"unknown tiny family {family!r}; choose 'wan' or 'cogvideox'")
 
 
+def save_tiny(family: str, path, seed: int = 0) -> Path:
+    """Write `tiny_random_pipeline` ``family`` (with its tiny text encoder) to directory ``path`` with
+    ``save_pretrained`` (safetensors), so that ``stas.load(path)`` takes the real-checkpoint path.
+    Returns the path. For tests; the weights are random."""
+    path = Path(path)
+    tiny_random_pipeline(family, seed).save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def _load_tiny(family, device, dtype):
+    pipe = tiny_random_pipeline(family).to(device)
+    return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
+
+
+# The tiny pipelines' native call (small enough for CI on a CPU; 16 text tokens fit both encoders).
 TINY_DEFAULTS = dict(height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=2.0,
                      max_sequence_length=16)
+for _family, _base in (("wan", WanAdapter), ("cogvideox", CogVideoXAdapter)):
+    registry.register(registry.ModelEntry(
+        name=f"tiny-random-{_family}",
+        load=lambda device, dtype, f=_family: _load_tiny(f, device, dtype),
+        adapter=type(f"Tiny{_base.__name__}", (_base,), {"native": TINY_DEFAULTS})))
 
 
 def native_defaults(pipe) -> dict:
-    """Native call defaults: the house model's training size, tiny sizes for tiny models, else the
-    family's published defaults (Wan2.1: 81x480x832, 50 steps, guidance 5; CogVideoX: 49x480x720, 6)."""
-    name = getattr(pipe, "stas_name", None)
-    if name in ("house", "house-causal", "house-uniform"):
-        from . import house
-
-        return dict(house.DEFAULTS["uniform" if name.endswith("uniform") else "causal"])
-    if name in TINY:
-        return dict(TINY_DEFAULTS)
+    """Native call defaults of ``pipe`` (from its adapter: `stas.adapters.Adapter.defaults`)."""
     return get_adapter(pipe).defaults()
+
+
+def call_settings(pipe, preset: str = "native", **over) -> dict:
+    """The call settings of a run: the adapter's ``preset`` (``"native"`` or ``"quick"``), then every
+    ``over`` that is not None. Raises ``ValueError`` for a size the VAE cannot take."""
+    kw = get_adapter(pipe).preset(preset)
+    kw.update({k: v for k, v in over.items() if v is not None})
+    check_call(pipe, kw["num_frames"], kw["height"], kw["width"])
+    return kw
 
 
 def check_call(pipe, num_frames: int, height: int, width: int):
     """Raise ``ValueError`` for a size the pipeline's VAE cannot take (before any denoising)."""
-    ad = get_adapter(pipe)
-    latent_frames_for(num_frames, ad.temporal_factor)
-    p = ad.patch_size
-    s = ad.spatial_factor
-    if height % (s * p[1]) or width % (s * p[2]):
-        raise ValueError(f"height x width = {height}x{width} must be multiples of {s * p[1]}x{s * p[2]} "
-                         f"(VAE {s}x, patch {p[1]}x{p[2]})")
+    get_adapter(pipe).layout_for_call(num_frames, height, width)
 
 
 @torch.no_grad()

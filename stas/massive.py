@@ -11,13 +11,51 @@ then summarised over runs, steps and branches by their median:
   mean |h| of the whole hidden state (all tokens and channels).
 
 Only numbers from the recording enter; nothing is assumed about which channels are massive.
+This module is the one implementation of both criteria: `find_massive` on a `Recording`,
+`hidden_ratios` on a hidden state in hand (the house trainer), and the per-block views of notebooks
+02/04 (`layerwise_topk`, `peak_over_mean`, `channel_overlap`, `choose_channels`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+
+# Sun et al. (2024), "Massive activations in large language models": an activation is massive when its
+# magnitude is > 100 and about 1000x the median magnitude of the hidden state.
+SUN_MIN_PEAK, SUN_MIN_RATIO = 100.0, 1000.0
+
+
+def sun_test(peak, peak_over_median):
+    """Sun et al.'s criterion: ``peak > 100`` and ``peak / median >= 1000`` (elementwise for tensors)."""
+    return (peak > SUN_MIN_PEAK) & (peak_over_median >= SUN_MIN_RATIO)
+
+
+def ratios(chan_max, chan_mean, median):
+    """Both criteria from the three reductions `stas.record` keeps: ``chan_max`` (..., D) =
+    max_t |h[t, c]|, ``chan_mean`` (..., D) = mean_t |h[t, c]|, ``median`` (...) = median |h|.
+    Returns ``(peak/median, peak/mean)``, each (..., D); the mean is over all tokens and channels."""
+    return chan_max / median[..., None], chan_max / chan_mean.mean(-1, keepdim=True)
+
+
+def hidden_reductions(h: torch.Tensor) -> dict:
+    """The reductions of one hidden state ``h`` (..., L, D) over its tokens and leading dims, in
+    float32: ``chan_max`` (D,), ``chan_mean`` (D,), ``median`` () (exact, over every entry)."""
+    a = h.detach().float().abs().reshape(-1, h.shape[-1])
+    return {"chan_max": a.amax(0), "chan_mean": a.mean(0), "median": a.median()}
+
+
+def hidden_ratios(h: torch.Tensor) -> dict:
+    """Both criteria on one hidden state ``h`` (..., L, D): ``{"peak/median": (D,), "peak/mean": (D,),
+    "chan_max", "chan_mean", "median", "top": channel with the largest peak, "sun": bool for it}``."""
+    r = hidden_reductions(h)
+    pmed, pmean = ratios(r["chan_max"], r["chan_mean"], r["median"])
+    top = int(r["chan_max"].argmax())
+    return {**r, "peak/median": pmed, "peak/mean": pmean, "top": top,
+            "sun": bool(sun_test(r["chan_max"][top], pmed[top]))}
 
 
 def channel_ratios(stats, steps=None, branch=None):
@@ -27,16 +65,14 @@ def channel_ratios(stats, steps=None, branch=None):
     (NaN where a branch was not run), restricted to ``steps`` (list of step indices) and ``branch``
     (name) when given.
     """
-    peak = stats["chan_max"]
-    med = stats["median"][..., None]
-    mean_all = stats["chan_mean"].mean(-1, keepdim=True)
+    peak, mean, med = stats["chan_max"], stats["chan_mean"], stats["median"]
     if steps is not None:
         idx = torch.as_tensor(list(steps), dtype=torch.long)
-        peak, med, mean_all = peak[:, idx], med[:, idx], mean_all[:, idx]
+        peak, mean, med = peak[:, idx], mean[:, idx], med[:, idx]
     if branch is not None:
         b = stats.branch_index(branch)
-        peak, med, mean_all = peak[:, :, :, b:b + 1], med[:, :, :, b:b + 1], mean_all[:, :, :, b:b + 1]
-    return peak / med, peak / mean_all, peak
+        peak, mean, med = peak[:, :, :, b:b + 1], mean[:, :, :, b:b + 1], med[:, :, :, b:b + 1]
+    return (*ratios(peak, mean, med), peak)
 
 
 def _nanmedian_over(x: torch.Tensor, dims) -> torch.Tensor:
@@ -130,7 +166,7 @@ def find_massive(stats, top_k: int = 3, min_ratio: float = 10.0, steps=None, bra
     nb, d = ratio_median.shape
     k = min(top_k, d)
     top = torch.topk(torch.nan_to_num(ratio_median, nan=-1.0), k, dim=1).indices    # (NB, k)
-    sun = [(peak_b[i, top[i, 0]] > 100 and ratio_median[i, top[i, 0]] >= 1000).item() for i in range(nb)]
+    sun = [bool(sun_test(peak_b[i, top[i, 0]], ratio_median[i, top[i, 0]])) for i in range(nb)]
     in_top = set(top.flatten().tolist())
     score_med = ratio_median.nanmedian(0).values
     score_mean = ratio_mean.nanmedian(0).values
@@ -154,3 +190,57 @@ def find_massive(stats, top_k: int = 3, min_ratio: float = 10.0, steps=None, bra
 def _nanmean_keep(x: torch.Tensor, dim: int) -> list:
     dims = [d for d in range(x.dim()) if d != dim]
     return x.permute(dim, *dims).reshape(x.shape[dim], -1).nanmean(-1).tolist()
+
+
+# ------------------------------------------------------------------- per-block views (notebooks 02, 04)
+def peak_over_mean(stats, channel: int, branch: str = "cond") -> torch.Tensor:
+    """The paper's ratio for one channel: max_t |h[t, c]| over the mean |h| of the whole hidden
+    state, per (run, step, block) -> (R, S, NB)."""
+    b = stats.branch_index(branch)
+    return ratios(stats["chan_max"][:, :, :, b], stats["chan_mean"][:, :, :, b], stats["median"][:, :, :, b])[1][..., channel]
+
+
+def layerwise_topk(stats, k: int = 3, steps=None, branch: str = "cond") -> dict:
+    """Sun et al.'s layerwise view: per block, the k largest channel peaks max_t |h[t, c]| and the
+    median |h|, each a median over runs and the chosen steps. Returns {"top": (NB, k), "median": (NB,),
+    "channels": (NB, k) channel ids of the top peaks, "blocks": list}."""
+    b = list(stats.branches).index(branch)
+    peak = stats["chan_max"][:, :, :, b]                     # (R, S, NB, D)
+    med = stats["median"][:, :, :, b]                        # (R, S, NB)
+    if steps is not None:
+        idx = torch.as_tensor(list(steps), dtype=torch.long)
+        peak, med = peak[:, idx], med[:, idx]
+    top = peak.topk(k, dim=-1)                               # per entry, then median over runs/steps
+    vals = top.values.flatten(0, 1).nanmedian(0).values      # (NB, k)
+    chans = peak.flatten(0, 1).nanmedian(0).values.topk(k, -1).indices
+    return {"top": vals.numpy(), "median": med.flatten(0, 1).nanmedian(0).values.numpy(),
+            "channels": chans.numpy(), "blocks": list(stats.blocks)}
+
+
+def channel_overlap(stats, k: int = 3, branch: str = "cond", block=None) -> dict:
+    """Prompt invariance of the top channels: for each run, the top-k channels by peak/median
+    (median over steps and blocks, or one ``block``); returns {"per_run": [[ids]...], "jaccard": mean
+    pairwise Jaccard index, "common": ids in every run's top-k}."""
+    b = list(stats.branches).index(branch)
+    r = ratios(stats["chan_max"][:, :, :, b], stats["chan_mean"][:, :, :, b], stats["median"][:, :, :, b])[0]  # (R, S, NB, D)
+    if block is not None:
+        r = r[:, :, [list(stats.blocks).index(block)]]
+    score = r.flatten(1, 2).nanmedian(1).values                               # (R, D)
+    sets = [set(score[i].topk(k).indices.tolist()) for i in range(score.shape[0])]
+    pairs = [len(a & c) / len(a | c) for i, a in enumerate(sets) for c in sets[i + 1:]]
+    return {"per_run": [sorted(s) for s in sets], "jaccard": float(np.mean(pairs)) if pairs else 1.0,
+            "common": sorted(set.intersection(*sets)) if sets else []}
+
+
+def choose_channels(ma: "MassiveReport", n: int = 3) -> dict:
+    """Channels to follow per token: ``{"ma": MA channels (at most n; [] when none passes the
+    criteria), "top": the channels followed (the MA channels, or — when there is none, e.g. a random
+    model — the n channels with the largest peak/median, which are then *not* MAs), "fallback":
+    whether ``top`` is that stand-in, "weak": the non-MA channel closest to 6x peak/mean, "plain":
+    the one closest to 1x}`` (the paper's channel ablation)."""
+    chans = [int(c) for c in ma.channels[:n]]
+    fallback = not chans
+    top = chans or [int(c) for c in ma.ratio_median.nanmedian(0).values.argsort(descending=True)[:n]]
+    weak = ma.pick_channel(6.0, exclude=top)
+    plain = ma.pick_channel(1.0, exclude=top + [weak])
+    return {"ma": chans, "top": top, "fallback": fallback, "weak": weak, "plain": plain}

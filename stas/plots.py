@@ -2,8 +2,8 @@
 
 A leaf module: numpy / torch / matplotlib / seaborn, and `stas.layout` types. Inputs are plain arrays
 (computed by `stas.hierarchy` or read from a `Recording`), so every figure can be redrawn from saved
-statistics. `save_figure(fig, name)` writes ``figures/<name>.png`` and ``.pdf`` (300 dpi, tight);
-the folder is the repo's ``figures/`` unless ``$STAS_FIGURES`` names another.
+statistics. `save_figure(fig, name, out_dir)` writes ``<out_dir>/<name>.png`` and ``.pdf`` (300 dpi,
+tight); ``out_dir`` defaults to the repo's ``figures/``.
 
 Colours: position classes use one fixed palette everywhere (first frame / boundary / interior),
 latent frames a sequential one.
@@ -12,7 +12,6 @@ latent frames a sequential one.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from matplotlib.patches import Patch, Rectangle
 
-from .layout import POSITION_CLASSES, TokenLayout, pixel_frames_of
+from .layout import POSITION_CLASSES, TokenLayout, crosses_latent_frames, latent_frame_of, pixel_frames_of
 
 CLASS_COLORS = {"first_frame": "#d95f02", "boundary": "#7570b3", "interior": "#1b9e77"}
 CLASS_LABELS = {"first_frame": "first latent frame", "boundary": "boundary", "interior": "interior"}
@@ -45,19 +44,19 @@ def use_style():
     plt.rcParams.update(RC)
 
 
-def figures_dir() -> Path:
-    d = Path(os.environ.get("STAS_FIGURES") or Path(__file__).resolve().parents[1] / "figures")
+def figures_dir(out_dir=None) -> Path:
+    """``out_dir`` (created), default the repo's ``figures/``."""
+    d = Path(out_dir) if out_dir is not None else Path(__file__).resolve().parents[1] / "figures"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def save_figure(fig, name: str, dpi: int | None = None) -> list[Path]:
-    """Write ``<figures>/<name>.png`` and ``.pdf`` (``dpi`` default 300, or ``$STAS_FIGURE_DPI``);
+def save_figure(fig, name: str, out_dir=None, dpi: int = 300) -> list[Path]:
+    """Write ``<out_dir>/<name>.png`` and ``.pdf`` (``out_dir`` default the repo's ``figures/``);
     returns both paths."""
-    dpi = dpi or int(os.environ.get("STAS_FIGURE_DPI", 300))
     out = []
     for ext in ("png", "pdf"):
-        p = figures_dir() / f"{name}.{ext}"
+        p = figures_dir(out_dir) / f"{name}.{ext}"
         fig.savefig(p, dpi=dpi, bbox_inches="tight")
         out.append(p)
     return out
@@ -132,8 +131,7 @@ def video_strip(video, frames=None, temporal_factor: int = 4, title: str | None 
             ax.axis("off")
         for ax, f in zip(axes.flat, frames):
             ax.imshow(np.clip(v[f].transpose(1, 2, 0), 0, 1))
-            lat = 0 if f == 0 else (f - 1) // temporal_factor + 1
-            ax.set_title(f"px {f} | lat {lat}", fontsize=7)
+            ax.set_title(f"px {f} | lat {latent_frame_of(f, temporal_factor)}", fontsize=7)
         if title:
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
@@ -368,7 +366,7 @@ __all__ = ["style", "use_style", "save_figure", "figures_dir", "token_layout", "
 
 
 # --- evaluation figures (notebooks 05-07) ---------------------------------------------------------
-# Added by the evaluation work (stas/evaluate.py, stas/peers.py, stas/ablations.py). Inputs are plain
+# Added by the evaluation work (stas/evaluate.py, stas/enhance_a_video.py, stas/ablations.py). Inputs are plain
 # dicts / arrays from those modules; each function returns the Figure.
 
 METHOD_COLORS = {"baseline": "#444444", "stas": "#d95f02", "enhance": "#1f78b4", "zero": "#7570b3"}
@@ -406,8 +404,7 @@ def compare_clips(videos: dict, frames=None, reference: str = "baseline", diff_g
                     d = np.abs(clips[k][f] - clips[reference][f]).mean(0)
                     ax.imshow(np.clip(d * diff_gain, 0, 1), cmap="magma", vmin=0, vmax=1)
                 if r == 0:
-                    lat = 0 if f == 0 else (f - 1) // temporal_factor + 1
-                    ax.set_title(f"px {f} | lat {lat}", fontsize=7)
+                    ax.set_title(f"px {f} | lat {latent_frame_of(f, temporal_factor)}", fontsize=7)
                 if c == 0:
                     ax.set_ylabel(k if kind == "clip" else f"|{k} - {reference}|\nx{diff_gain:g}", fontsize=7)
         if title:
@@ -467,14 +464,14 @@ def method_forest(summary, metrics, baseline: str = "baseline", title: str | Non
 
 def seam_transitions(profiles: dict, temporal_factor: int = 4, reference: str = "baseline", title: str | None = None,
                      ylabel: str = "mean |frame change|"):
-    """Per-transition frame change (``{method: (F-1,) mean over clips}``), chunk seams (4k -> 4k+1)
-    shaded; lower panel: difference to ``reference``."""
+    """Per-transition frame change (``{method: (F-1,) mean over clips}``), transitions that cross latent
+    frames (chunk seams, `stas.layout.crosses_latent_frames`) shaded; lower panel: difference to ``reference``."""
     with style():
         fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5.2, 3.8), sharex=True, gridspec_kw={"height_ratios": [2, 1.3]})
         n = len(next(iter(profiles.values())))
         x = np.arange(n)
         for a in (ax, ax2):
-            for i in x[x % temporal_factor == 0]:
+            for i in x[crosses_latent_frames(n + 1, temporal_factor).numpy()]:
                 a.axvspan(i - 0.45, i + 0.45, color="#7570b3", alpha=0.12, lw=0)
         for j, (m, v) in enumerate(profiles.items()):
             ax.plot(x, _np(v), "o-", ms=2.5, lw=1, color=_method_color(m, j), label=m)
@@ -483,7 +480,7 @@ def seam_transitions(profiles: dict, temporal_factor: int = 4, reference: str = 
         ax2.axhline(0, color="k", lw=0.6)
         ax.set_ylabel(ylabel)
         ax2.set_ylabel(f"minus {reference}")
-        ax2.set_xlabel("transition i -> i+1 (shaded: chunk seams 4k -> 4k+1)")
+        ax2.set_xlabel("transition i -> i+1 (shaded: crosses latent frames)")
         ax.legend(ncol=len(profiles))
         ax.set_title(title or "where frame changes happen")
         fig.tight_layout()

@@ -41,9 +41,11 @@ def _tuple_of_ints(x, name):
     return x
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class STASConfig:
     """What to steer, validated on construction (model-dependent ranges are checked by `steer`).
+    Keyword arguments only; ``steps``, ``blocks`` and ``channels`` have no default (they depend on the
+    model: `STASConfig.paper` gives the paper's setting for a pipeline).
 
     Args:
         alpha: scale of the global-max reference, > 0 (1.0 = set to the channel's max magnitude).
@@ -59,16 +61,25 @@ class STASConfig:
         mode: ``"stas"`` (the paper's rule) or ``"zero"`` (ablation: set the entries to 0).
     """
 
+    steps: int
+    blocks: tuple
+    channels: tuple
     alpha: float = 1.0
-    steps: int = 20
-    blocks: tuple = (15,)
-    channels: tuple = ()
     positions: tuple = ("first_frame", "boundary")
     boundary_width: int = 1
     branches: tuple = BRANCHES
     boundary_unit: str = "tokens"
     mode: str = "stas"
     _pos: tuple = field(init=False, repr=False, compare=False, default=())
+
+    @classmethod
+    def paper(cls, pipe, channels, num_inference_steps: int, **override) -> "STASConfig":
+        """The paper's setting (Wan2.1-1.3B: block 15 of 30, K = 20 of 50 steps, α = 1, first frame +
+        boundary, both branches) scaled to ``pipe``: the mid block and K = round(0.4 N) >= 1 of the
+        run's ``num_inference_steps``. ``override`` replaces any field."""
+        from .defaults import paper_config
+
+        return paper_config(pipe, channels, num_inference_steps, **override)
 
     def __post_init__(self):
         if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not math.isfinite(self.alpha) \

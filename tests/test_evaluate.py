@@ -1,5 +1,6 @@
-"""stas.evaluate and stas.featnet: the evaluation table on the tiny random Wan pipeline (1 prompt x
-1 seed), paired rows and expected columns; featnet features have the right shape, are deterministic."""
+"""stas.evaluate and the house plug-in's metrics: the evaluation table on the tiny random Wan pipeline
+(1 prompt x 1 seed), paired rows and expected columns; house metrics only where they apply; featnet
+features have the right shape, are deterministic."""
 
 import csv
 import json
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 import stas
-from stas import featnet
-from stas.evaluate import clip_metrics, evaluate, paired, summarize_rows
+from stas.evaluate import clip_metrics, evaluate, paired, reference_rows, summary_frame, summarize_rows
+from stas.house import featnet
+from stas.house.metrics import HOUSE_METRICS, house_metrics
 
 PROMPT = "a red square moves left"
 METHODS = ("baseline", "stas", "enhance")
@@ -25,17 +27,35 @@ def test_featnet_features_shape_and_deterministic():
     assert np.array_equal(a, b)
     short = featnet.features(torch.rand(9, 3, 32, 32), net)  # other sizes are resampled
     assert short.shape == (1, 64)
-    trained = featnet.load()  # the shipped weights (python -m stas.featnet train)
+    trained = featnet.load()  # the shipped weights (python -m stas.house.featnet train)
     f1, f2 = featnet.features(clips[:2], trained), featnet.features(clips[:2], trained)
     assert f1.shape == (2, 64) and np.array_equal(f1, f2)
     assert sum(p.numel() * 4 for p in trained.parameters()) < 2e6
 
 
 def test_clip_metrics_on_a_static_clip():
-    m = clip_metrics(torch.full((9, 3, 32, 32), 0.3), PROMPT)
+    m = clip_metrics(torch.full((9, 3, 32, 32), 0.3), PROMPT, metrics_={"house": house_metrics})
     assert m["flicker"] == 0 and m["motion"] == 0 and m["warp_error"] == 0
-    assert np.isnan(m["seam_jump"]) and m["adherence"] == 0.0
+    assert np.isnan(m["seam_jump"]) and m["adherence"] == 0.0   # a house prompt: nothing drawn -> 0
     assert [k for k in m if k.startswith("d_")] == [f"d_{i:02d}" for i in range(8)]
+    assert "adherence" not in clip_metrics(torch.full((9, 3, 32, 32), 0.3), PROMPT)  # temporal metrics only
+
+
+def test_house_metrics_not_applicable_outside_the_world():
+    """A prompt that names no house-world object gets NaN ("not applicable"), never 0."""
+    v = torch.full((9, 3, 32, 32), 0.3)
+    m = house_metrics(v, "a brown dog runs along a sandy beach")
+    assert set(m) == set(HOUSE_METRICS) and all(np.isnan(x) for x in m.values())
+    assert house_metrics(v, PROMPT)["adherence"] == 0.0
+
+
+def test_uniform_seams_count_every_transition():
+    """Temporal factor 1 (the house uniform control): each of the 7 transitions of 8 frames crosses
+    latent frames; there is no within-chunk transition, so the seam jump is undefined (NaN)."""
+    v = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    m = clip_metrics(v, None, temporal_factor=1)
+    assert np.isnan(m["seam_jump"]) and np.isnan(m["within_mean"])
+    assert m["seam_mean"] == pytest.approx(np.mean([m[f"d_{i:02d}"] for i in range(7)]))
 
 
 def test_evaluate_cli_table(tmp_path, monkeypatch):
@@ -44,18 +64,17 @@ def test_evaluate_cli_table(tmp_path, monkeypatch):
     monkeypatch.setenv("STAS_MODEL", "tiny-random-wan")
     out = tmp_path / "results.csv"
     main(["evaluate", "--prompts", "house:1", "--seeds", "1", "--methods", ",".join(METHODS), "--out", str(out),
-          "--real-per-prompt", "2", "--steps", "2"])
+          "--real-per-prompt", "2", "--steps", "2", "--channels", "3"])   # random weights: no MA to measure
     rows = list(csv.DictReader(open(out)))
     assert [r["method"] for r in rows] == list(METHODS)
     assert {(r["prompt"], r["seed"]) for r in rows} == {(PROMPT, "0")}  # paired: same prompt and seed
     need = {"prompt", "seed", "method", "seconds", "flicker", "seam_jump", "seam_mean", "within_mean", "warp_error",
-            "motion", "adherence", "colour_ok", "persist_ok", "shape_acc", "motion_acc", "traj_jerk", "size_cv",
-            "d_00", "d_07"}
+            "motion", "d_00", "d_07"}
     assert need <= set(rows[0])
+    assert not set(HOUSE_METRICS) & set(rows[0])   # the tiny model registered no house metrics
     doc = json.loads(out.with_suffix(".json").read_text())
-    assert len(doc["rows"]) == 3 and doc["meta"]["channels"]["ma"]
-    fr = [d for d in doc["summary"] if d["metric"] == "frechet"]
-    assert [d["method"] for d in fr] == list(METHODS) and all(d["n"] == 1 for d in fr)  # 1 clip: FD undefined
+    assert len(doc["rows"]) == 3 and "channels=(3,)" in doc["meta"]["methods"]["stas"]
+    assert not [d for d in doc["summary"] if d["metric"] == "frechet"]   # no feature extractor registered
     assert (tmp_path / "results_summary.csv").exists()
     assert not list(tmp_path.glob(".results.rank*"))  # shards merged and removed
 
@@ -63,8 +82,9 @@ def test_evaluate_cli_table(tmp_path, monkeypatch):
 def test_evaluate_api_pairs_and_differs(wan):
     kw = dict(stas.native_defaults(wan), num_inference_steps=2)
     cfg = stas.STASConfig(alpha=2.0, steps=2, blocks=(1,), channels=(3,))
-    rows, extra = evaluate(wan, [PROMPT], [0, 1], {"baseline": None, "stas": cfg}, kw, features=False,
-                           keep_videos=True, progress=False, warmup=False)
+    rows, extra = evaluate(wan, [PROMPT], [0, 1], {"baseline": None, "stas": cfg}, kw,
+                           metrics_={"house": house_metrics}, keep_videos=True, progress=False, warmup=False)
+    assert rows[0]["adherence"] == 0.0 and "adherence" in rows[0]   # metric functions passed in are used
     assert [(r["seed"], r["method"]) for r in rows] == [(s, m) for s in (0, 1) for m in ("baseline", "stas")]
     v = extra["videos"]
     assert not torch.equal(v[(PROMPT, 0, "stas")], v[(PROMPT, 0, "baseline")])
@@ -73,16 +93,18 @@ def test_evaluate_api_pairs_and_differs(wan):
     summ = summarize_rows(rows)
     d = next(x for x in summ if x["method"] == "stas" and x["metric"] == "flicker")
     assert d["diff"] == pytest.approx(float(np.mean(a - b))) and d["n"] == 2
+    tab = summary_frame(summ)
+    assert tab.loc["flicker", "baseline"].endswith("(n=2)") and "Δ stas [95% CI]" in tab.columns
 
 
 def test_world_clip_scores_as_ground_truth():
-    from stas.evaluate import matched_world_seeds, real_clips, real_rows
+    from stas.house.metrics import matched_world_seeds, real_clips
 
     prompt = "a blue circle moves right"
     (seed,) = matched_world_seeds([prompt], 1)
     ((p, s, clip),) = real_clips([prompt], 1)
     assert (p, s) == (prompt, seed) and clip.shape == (29, 3, 128, 128)
-    (r,) = real_rows([(p, s, clip)])
+    (r,) = reference_rows([(p, s, clip)], 4, {"house": house_metrics})
     assert r["method"] == "real" and r["adherence"] == 1 and r["persist_ok"] == 1 and r["motion_acc"] == 1
     assert r["traj_jerk"] < 0.2 and r["size_cv"] < 0.02   # constant-speed motion, constant size
     assert r["flicker"] < 0.01 and abs(r["seam_jump"] - 1) < 0.05  # no seam structure in real clips

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from stas import hierarchy as H
+from stas import massive as M
 from stas import plots
 from stas.layout import TokenLayout
 
@@ -81,8 +82,11 @@ class FakeRec:
         self.blocks, self.channels, self.branches = list(range(NB)), [4, 5][:C], ("cond", "uncond")
         tok = synthetic(1, n=R * S * NB * 2 * C).reshape(R, S, NB, 2, C, -1).transpose(-1, -2).contiguous()
         self.data = {"tokens": tok, "chan_max": torch.rand(R, S, NB, 2, D, generator=g) + 1,
-                     "median": torch.full((R, S, NB, 2), 0.5)}
+                     "median": torch.full((R, S, NB, 2), 0.5), "chan_mean": torch.ones(R, S, NB, 2, D)}
         self.data["chan_max"][..., 4] = 100.0
+
+    def branch_index(self, b):
+        return list(self.branches).index(b)
 
     def __getitem__(self, k):
         return self.data[k]
@@ -94,23 +98,20 @@ def test_grid_topk_overlap():
     assert g["first/interior"].shape == (2, 3)
     assert np.allclose(g["first/interior"], 2.0, rtol=0.05) and np.allclose(g["boundary/interior"], 1.5, rtol=0.05)
     assert H.magnitudes(st, 5, steps=[0, 2], blocks=[1]).shape == (2, 2, 1, LAY.num_tokens)
-    lt = H.layerwise_topk(st, k=3)
+    lt = M.layerwise_topk(st, k=3)
     assert lt["top"].shape == (2, 3) and (lt["channels"][:, 0] == 4).all() and np.allclose(lt["median"], 0.5)
-    ov = H.channel_overlap(st, k=1)
+    ov = M.channel_overlap(st, k=1)
     assert ov["common"] == [4] and ov["jaccard"] == 1.0
-    assert "first" in H.format_table([{"first": 1.0, "x": "a"}])
 
 
-def test_plots_write_png_and_pdf(tmp_path, monkeypatch):
-    monkeypatch.setenv("STAS_FIGURES", str(tmp_path))
-    monkeypatch.setenv("STAS_FIGURE_DPI", "60")   # fast; the notebooks save at 300 dpi
+def test_plots_write_png_and_pdf(tmp_path):
     import matplotlib.pyplot as plt
 
     v = synthetic(2, n=3)
     tab = H.class_table(v, LAY, 2)
     est = {"tokens": H.estimate_boundary_width(v, LAY), "rows": H.estimate_boundary_width(v, LAY, "rows")}
     st = FakeRec()
-    lt = H.layerwise_topk(st)
+    lt = M.layerwise_topk(st)
     figs = {
         "layout": plots.token_layout(LAY, 2),
         "strip": plots.video_strip(torch.rand(9, 3, 16, 16), frames=[0, 1, 4, 8]),
@@ -126,7 +127,7 @@ def test_plots_write_png_and_pdf(tmp_path, monkeypatch):
     }
     for name, fig in figs.items():
         assert isinstance(fig, plt.Figure)
-        paths = plots.save_figure(fig, f"t_{name}")
+        paths = plots.save_figure(fig, f"t_{name}", tmp_path, dpi=60)   # fast; the notebooks save at 300 dpi
         assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
         assert paths[0].parent == tmp_path
         plt.close(fig)

@@ -115,3 +115,29 @@ def test_shipped_uniform_pipeline_frames():
              guidance_scale=1.0, max_sequence_length=32, output_type="pt",
              generator=torch.Generator().manual_seed(0)).frames[0]
     assert v.shape == (2, 3, 128, 128)  # per-frame VAE: one output frame per latent frame (pixel frames 0, 4)
+
+
+def test_training_report_uses_stas_definitions():
+    """The trainer's MA snapshot: stas.massive's ratios and TokenLayout's position classes (boundary =
+    first and last token row of each later latent frame), checked against a direct computation."""
+    from stas.house.report import ma_stats
+    from stas.layout import TokenLayout
+    from stas.load import tiny_random_pipeline
+
+    t = tiny_random_pipeline("wan", text_encoder=False).transformer.eval()
+    lat = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    emb = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    h = t.blocks[1].register_forward_hook(lambda m, i, o: outs.__setitem__("h", o.detach()))
+    res = ma_stats(t, lat, emb, levels=(0.5,), seed=3)
+    h.remove()
+    b = res["0.5"][1]
+    a = outs["h"].abs()[0]                                            # (L, D) of the last call: block 1
+    c = int(a.amax(0).argmax())
+    assert b["top_channel"] == c and b["peak"] == pytest.approx(float(a[:, c].max()))
+    assert b["peak_over_median"] == pytest.approx(float(a[:, c].max() / a.median()), rel=1e-5)
+    assert b["peak_over_mean"] == pytest.approx(float(a[:, c].max() / a.mean()), rel=1e-5)
+    masks = TokenLayout(3, 8, 8).position_masks(1, "rows")
+    assert b["boundary"] == pytest.approx(float(a[masks["boundary"], c].mean()), rel=1e-5)
+    assert b["first"] == pytest.approx(float(a[masks["first_frame"], c].mean()), rel=1e-5)
+    assert len(b["per_frame"]) == 3 and len(b["per_row"]) == 4

@@ -1,5 +1,6 @@
 """find_massive on statistics with a known answer; loading a pipeline saved with save_pretrained."""
 
+import pytest
 import torch
 
 import stas
@@ -63,14 +64,35 @@ def test_load_from_local_diffusers_dir(tmp_path, wan):
         assert type(again).__name__ == type(pipe).__name__
         assert stas.get_adapter(again).family == family
         kw = call_kwargs(pipe)
-        a = stas.generate(pipe, "a red ball", seed=0, **kw)
-        b = stas.generate(again, "a red ball", seed=0, **kw)
+        # the reloaded pipeline's own settings: a directory has no name, so the family's adapter gives
+        # max_sequence_length from the text encoder (64 positions) / transformer (16 text tokens)
+        own = stas.call_settings(again, height=kw["height"], width=kw["width"], num_frames=kw["num_frames"],
+                                 num_inference_steps=kw["num_inference_steps"], guidance_scale=kw["guidance_scale"])
+        assert own["max_sequence_length"] == {"wan": 64, "cogvideox": 16}[family]
+        a = stas.generate(pipe, "a red ball", seed=0, **own)
+        b = stas.generate(again, "a red ball", seed=0, **own)
         assert a.shape == (9, 3, kw["height"], kw["width"]) and 0 <= a.min() and a.max() <= 1
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # same weights; loaders may reorder float ops
         # recording and steering work unchanged on the loaded pipeline
         with stas.record(again) as rec:
             stas.generate(again, "a red ball", seed=0, **kw)
         assert rec.stats["filled"].all()
+
+
+def test_hidden_ratios_agree_with_find_massive():
+    """The trainer's criteria (hidden_ratios on a hidden state) are find_massive's on one recording."""
+    from stas.massive import hidden_ratios, ratios, sun_test
+
+    h = torch.full((1, 64, 16), -0.5)
+    h[0, :, 5] = 200.0
+    h[0, 3, 5] = -300.0
+    r = hidden_ratios(h)
+    assert r["top"] == 5 and float(r["median"]) == 0.5 and r["sun"] is False   # 300 > 100 but only 600x the median
+    assert float(r["peak/median"][5]) == 600.0
+    pmed, pmean = ratios(r["chan_max"][None], r["chan_mean"][None], r["median"][None])
+    torch.testing.assert_close(pmed[0], r["peak/median"])
+    assert float(r["peak/mean"][5]) == pytest.approx(300.0 / float(h.abs().mean()), rel=1e-6)
+    assert bool(sun_test(torch.tensor(101.0), torch.tensor(1000.0))) and not bool(sun_test(torch.tensor(99.0), torch.tensor(2000.0)))
 
 
 def test_generate_shapes_and_defaults(wan):

@@ -1,29 +1,36 @@
 """The house model: a miniature Wan2.1-style text-to-video DiT with a causal video VAE, trained on a
-procedural world and shipped in ``data/house/<variant>/{transformer,vae}``.
+procedural world and shipped in ``data/house/<variant>/{transformer,vae}``. A plug-in: importing
+this package registers "house" / "house-causal" / "house-uniform" with `stas.registry` (loader,
+adapter with the native call and the true frame layout, STAS defaults, house-world metrics, the
+feature net, evaluation prompts, matched real clips). No generic module imports it.
 
-    from stas.house import load_pipeline, DEFAULTS
-    pipe = load_pipeline("causal")                       # a stock diffusers WanPipeline
-    video = pipe(prompt="a red square moves left", **DEFAULTS["causal"], output_type="pt").frames[0]
+    pipe = stas.load("house")                            # a stock diffusers WanPipeline
+    video = stas.generate(pipe, "a red square moves left", seed=0)
 
 Variants: "causal" (Wan's VAE layout: frame 0 alone, then 4 frames per latent frame; 29 frames out)
-and "uniform" (per-frame image VAE on every 4th frame; same 8 latent frames and 512 tokens; its
-pipeline returns 8 frames = pixel frames 0, 4, ..., 28 of the world clip).
+and "uniform" (per-frame image VAE on every 4th world frame; same 8 latent frames and 512 tokens; the
+pipeline is called with num_frames=29 and returns 8 frames, each its own latent frame: temporal
+factor 1 in its adapter and layout).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .models import FLOW_SHIFT, NUM_FRAMES, SIZE, VARIANTS
 
-DATA_DIR = Path(os.environ.get("STAS_HOUSE_DIR", Path(__file__).resolve().parents[2] / "data" / "house"))
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "house"
 
+# Native call per variant (identical: WanPipeline asks the uniform VAE for 1 + (29 - 1) // 4 = 8 latent
+# frames because its config keeps scale_factor_temporal 4; it returns those 8 frames).
 _COMMON = dict(height=SIZE, width=SIZE, num_frames=NUM_FRAMES, num_inference_steps=10, guidance_scale=4.0,
-               max_sequence_length=32)
-# Native call kwargs per variant (identical: the uniform pipeline also takes num_frames=29 -> 8 latent frames).
+               max_sequence_length=32)  # the text length of training: WanPipeline's 512 would pad 480 zeros
 DEFAULTS = {"causal": dict(_COMMON), "uniform": dict(_COMMON)}
-# frames a default call returns
-OUTPUT_FRAMES = {"causal": NUM_FRAMES, "uniform": 1 + (NUM_FRAMES - 1) // 4}
+
+# The house model's STAS default, chosen by notebooks/07_ablations.ipynb (α sweep, K sweep, block,
+# positions, channels): change it only together with that notebook's "What we saw" cell. 8 blocks,
+# 10 steps: the paper's setting scaled (K = 4 of 10 ~ 20 of 50, mid block). Channels are measured.
+STAS_DEFAULTS = dict(alpha=1.0, steps=4, blocks=(4,), positions=("first_frame", "boundary"), boundary_width=1,
+                     branches=("cond", "uncond"))
 
 
 def variant_dir(variant: str = "causal", root=None) -> Path:
@@ -32,10 +39,12 @@ def variant_dir(variant: str = "causal", root=None) -> Path:
     return Path(root or DATA_DIR) / variant
 
 
-def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None):
+def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None, text_dir=None):
     """A stock ``diffusers.WanPipeline`` from the shipped safetensors, MiniLM text encoder wired in.
 
-    device None -> cuda if available else cpu; dtype None -> bf16 on cuda, float32 on cpu.
+    device None -> cuda if available else cpu; dtype None -> bf16 on cuda, float32 on cpu. ``root``:
+    a folder with ``<variant>/{transformer,vae}`` (default ``data/house``); ``text_dir``: MiniLM
+    files (default: the installed package). Raises ``FileNotFoundError`` when the weights are missing.
     """
     import torch
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
@@ -50,7 +59,7 @@ def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None):
         raise FileNotFoundError(f"no house weights at {d} (train them: python -m stas.house.train)")
     transformer = WanTransformer3DModel.from_pretrained(str(d / "transformer"), torch_dtype=dtype)
     vae = AutoencoderKLWan.from_pretrained(str(d / "vae"), torch_dtype=torch.float32)  # VAE in fp32 (as Wan)
-    tok, enc = load_text_encoder(device=device, dtype=dtype)
+    tok, enc = load_text_encoder(text_dir, device=device, dtype=dtype)
     pipe = WanPipeline(tokenizer=tok, text_encoder=enc, transformer=transformer, vae=vae,
                        scheduler=make_scheduler(FLOW_SHIFT))
     pipe.to(device)
@@ -58,4 +67,19 @@ def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None):
     return pipe
 
 
-__all__ = ["load_pipeline", "DEFAULTS", "OUTPUT_FRAMES", "DATA_DIR", "variant_dir", "VARIANTS"]
+def _register():
+    from ..registry import ModelEntry, register
+    from .adapter import ADAPTERS
+    from .metrics import METRICS, features, real_clips
+    from .world import EVAL_PROMPTS
+
+    for name, variant in (("house", "causal"), ("house-causal", "causal"), ("house-uniform", "uniform")):
+        register(ModelEntry(name=name, load=lambda device, dtype, v=variant: load_pipeline(v, device, dtype),
+                            adapter=ADAPTERS[variant], stas_defaults=dict(STAS_DEFAULTS), metrics=dict(METRICS),
+                            features=features, prompts=tuple(EVAL_PROMPTS), reference=real_clips,
+                            control="house-uniform" if variant == "causal" else None))
+
+
+_register()
+
+__all__ = ["load_pipeline", "DEFAULTS", "DATA_DIR", "variant_dir", "VARIANTS", "STAS_DEFAULTS"]

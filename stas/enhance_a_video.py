@@ -134,7 +134,7 @@ class enhance(HookContext):
     def __init__(self, pipe, config: EnhanceConfig | None = None, **kw):
         config = config if config is not None else EnhanceConfig(**kw)
         if not isinstance(config, EnhanceConfig):
-            raise TypeError(f"config must be a stas.peers.EnhanceConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a stas.enhance_a_video.EnhanceConfig, got {type(config).__name__}")
         super().__init__(pipe)
         self.config = config
         self.active = False

@@ -1,11 +1,11 @@
-"""stas.peers.enhance (Enhance-A-Video-style temporal attention scaling): exact scale, bit-identity
+"""stas.enhance_a_video.enhance (Enhance-A-Video-style temporal attention scaling): exact scale, bit-identity
 when it cannot fire, hooks removed on exit and on exceptions."""
 
 import pytest
 import torch
 
 import stas
-from stas.peers import EnhanceConfig, cross_frame_intensity, enhance, enhance_scale
+from stas.enhance_a_video import EnhanceConfig, cross_frame_intensity, enhance, enhance_scale
 
 from conftest import call_kwargs
 

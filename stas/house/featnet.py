@@ -1,8 +1,8 @@
 """A small video classifier trained on the house world, used as the feature extractor of a
 Fréchet distance between generated and real house-world clips ("FID for MNIST").
 
-    python -m stas.featnet train            # renders clips, trains on CPU in a few minutes
-    feats = stas.featnet.features(videos)   # (N, 64) float32, deterministic
+    python -m stas.house.featnet train            # renders clips, trains on CPU in a few minutes
+    feats = stas.house.featnet.features(videos)   # (N, 64) float32, deterministic
 
 Input: any clip (F, 3, H, W) in [0, 1] is nearest-resampled to 15 frames evenly spread over the
 clip (every 2nd frame of the world's 29) and area-resized to 48 x 48, so the house model's
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -36,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .house import world
+from . import world
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "featnet"
-WEIGHTS = Path(os.environ.get("STAS_FEATNET", DATA_DIR / "featnet.safetensors"))  # $STAS_FEATNET overrides
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "featnet"
+WEIGHTS = DATA_DIR / "featnet.safetensors"
 SIZE, FRAMES, RENDER_SIZE = 48, 15, 96  # input 15 frames (every 2nd of 29) x 48 x 48
 HEADS = {"colours": len(world.COLOURS), "shapes": len(world.SHAPES), "motions": len(world.MOTIONS),
          "main_colour": len(world.COLOURS), "main_shape": len(world.SHAPES), "main_motion": len(world.MOTIONS)}
@@ -103,7 +102,7 @@ def load(path=None) -> FeatNet:
     path = Path(path or WEIGHTS)
     if path not in _CACHE:
         if not path.exists():
-            raise FileNotFoundError(f"no featnet weights at {path}: run `python -m stas.featnet train`")
+            raise FileNotFoundError(f"no featnet weights at {path}: run `python -m stas.house.featnet train`")
         net = FeatNet()
         net.load_state_dict(load_file(str(path)))
         _CACHE[path] = net.eval()
@@ -244,7 +243,7 @@ def flip_labels(y):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m stas.featnet", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stas.house.featnet", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="render world clips and train the feature network (CPU, minutes)")
     t.add_argument("--n-train", type=int, default=1500)

@@ -1,0 +1,93 @@
+"""House-world metrics: ground truth from the prompt, matched real clips, and the feature net.
+
+The world knows every object's colour, shape and motion from the caption (`world.parse_prompt`), so
+prompt adherence, persistence, motion direction and trajectory smoothness are exact on house-world
+prompts; on any other prompt they are "not applicable" (NaN). Registered with `stas.registry` as the
+house model's metrics (``METRICS``), feature extractor (``features``) and reference clips
+(``real_clips``), so `stas.evaluate` uses them for the house model only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import featnet as _featnet
+from . import world
+from .detect import detect, score_clip
+
+HOUSE_METRICS = ("adherence", "colour_ok", "persist_ok", "shape_acc", "motion_acc", "traj_jerk", "size_cv")
+
+
+def applies(prompt) -> bool:
+    """Whether ``prompt`` names at least one house-world object (a palette colour and a shape)."""
+    return bool(prompt) and bool(world.parse_prompt(prompt))
+
+
+def house_metrics(video, prompt: str) -> dict:
+    """Ground-truth metrics of one clip (F, 3, H, W) in [0, 1] against its prompt: ``adherence`` (every
+    named object's colour present with the right shape), ``colour_ok``, ``persist_ok``, ``shape_acc``,
+    ``motion_acc`` (`stas.house.detect.score_clip`), and for the first named object ``traj_jerk``
+    (mean |second difference| of the detected centroid, px/frame²) and ``size_cv`` (std / mean of its
+    detected area). NaN where nothing is detectable, and every value NaN ("not applicable", never 0)
+    for a prompt that names no house-world object (`applies`)."""
+    nan = float("nan")
+    if not applies(prompt):
+        return dict.fromkeys(HOUSE_METRICS, nan)
+    sc = score_clip(video, prompt)
+    objs = sc["objects"]
+    out = dict(adherence=float(sc["ok"]), colour_ok=float(sc["colour_ok"]), persist_ok=float(sc["persist_ok"]),
+               shape_acc=float(np.mean([o["shape_ok"] for o in objs])) if objs else nan,
+               traj_jerk=nan, size_cv=nan)
+    mo = [o["motion_ok"] for o in objs if o["motion_ok"] is not None]
+    out["motion_acc"] = float(np.mean(mo)) if mo else nan
+    if not objs:
+        return out
+    det = [d for d in detect(video, objs[0]["colour"]) if d["present"]]
+    if len(det) >= 3:
+        c = np.array([d["centroid"] for d in det])
+        out["traj_jerk"] = float(np.linalg.norm(np.diff(c, 2, axis=0), axis=1).mean())
+        a = np.array([d["area"] for d in det], dtype=float)
+        out["size_cv"] = float(a.std() / a.mean())
+    return out
+
+
+def matched_world_seeds(prompts, per_prompt: int = 4, start: int = 4_000_000_000, max_scan: int = 200_000) -> list:
+    """World seeds whose first object matches each prompt's first named object (colour, shape and,
+    when named, motion): ``per_prompt`` per prompt (fewer if not found within ``max_scan`` seeds)."""
+    want = []
+    for p in prompts:
+        objs = world.parse_prompt(p)
+        want.append(objs[0] if objs else None)
+    found = [[] for _ in prompts]
+    s = start
+    while s < start + max_scan and any(w is not None and len(f) < per_prompt for w, f in zip(want, found)):
+        par = world.sample_params(range(s, s + 2000))
+        for j in range(2000):
+            key = (world.COLOURS[par.colour[j, 0]], world.SHAPES[par.shape[j, 0]], world.MOTIONS[par.motion[j, 0]])
+            for w, f in zip(want, found):
+                if w is not None and len(f) < per_prompt and key[:2] == (w["colour"], w["shape"]) \
+                        and (w["motion"] is None or w["motion"] == key[2]):
+                    f.append(s + j)
+                    break
+        s += 2000
+    return [x for f in found for x in f]
+
+
+def real_clips(prompts, per_prompt: int = 4, num_frames: int | None = None):
+    """Real world clips matched to ``prompts`` (`matched_world_seeds`), rendered at the world's
+    128 x 128 (``num_frames`` default 29): a list of ``(prompt, seed, clip)``."""
+    nf = num_frames or world.NUM_FRAMES
+    out = []
+    for p in prompts:
+        seeds = matched_world_seeds([p], per_prompt)
+        if seeds:
+            v, _, _ = world.render_batch(world.sample_params(seeds, num_frames=nf), nf)
+            out += [(p, s, clip) for s, clip in zip(seeds, v)]
+    return out
+
+
+def features(videos) -> np.ndarray:
+    """(N, 64) `featnet` features of clips (F, 3, H, W) in [0, 1] (the trained net in ``data/featnet``)."""
+    return _featnet.features(videos)
+
+
+METRICS = {"house": house_metrics}

@@ -1,0 +1,159 @@
+"""Statistics and the report of a house-model training run: MA snapshots during training, sample
+scores, the curves figure (``python -m stas.house.train report``).
+
+The MA criteria are `stas.massive`'s (peak/median as Sun et al., peak/mean as the paper; one
+implementation) and the position classes are `stas.TokenLayout`'s (one definition), so the numbers
+in ``train_report.json`` mean what the notebooks' numbers mean.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..layout import POSITION_CLASSES, TokenLayout
+from ..massive import hidden_ratios
+from . import world
+from .models import VARIANTS
+
+NOISE_LEVELS = (0.9, 0.5, 0.1)
+BOUNDARY = dict(boundary_width=1, unit="rows")  # the trainer's boundary: first and last token row of a frame
+POSITION_CLASSES_NOTE = ("stas.TokenLayout.position_masks(boundary_width=1, unit='rows'): first = latent frame 0 "
+                         "(all tokens); boundary = first and last token rows of each latent frame >= 1; interior = "
+                         "the other tokens of frames >= 1")
+
+
+@torch.no_grad()
+def ma_stats(model, lat, emb, levels=NOISE_LEVELS, seed=0):
+    """Per noise level and block, on a bare ``WanTransformer3DModel`` called with clean latents
+    ``lat`` (B, C, T, H, W) noised to t and text ``emb``: the top channel by peak |h|, its peak,
+    the median |h|, peak/median and peak/mean (`stas.massive.hidden_ratios`), Sun et al.'s test, and
+    on that channel the mean |h| of each position class (`TokenLayout`, boundary = 1 token row),
+    per latent frame and per token row."""
+    dev = lat.device
+    B, C, T, H, W = lat.shape
+    lay = TokenLayout(T, H, W, tuple(model.config.patch_size))
+    masks = {k: m.to(dev) for k, m in lay.position_masks(**BOUNDARY).items()}
+    frame_of = lay.coords()[:, 0].to(dev)
+    row_of = lay.coords()[:, 1].to(dev)
+    outs = {}
+    hooks = [blk.register_forward_hook(lambda mod, i, o, k=k: outs.__setitem__(k, o.detach()))
+             for k, blk in enumerate(model.blocks)]
+    g = torch.Generator(device=dev).manual_seed(seed)
+    res = {}
+    try:
+        for t in levels:
+            noise = torch.randn(lat.shape, generator=g, device=dev, dtype=torch.float32)
+            xt = (1 - t) * lat.float() + t * noise
+            amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+            with torch.autocast(**amp):
+                model(xt, torch.full((B,), t * 1000.0, device=dev), emb.float(), return_dict=False)
+            per_block = []
+            for k in range(len(model.blocks)):
+                r = hidden_ratios(outs[k])
+                c = r["top"]
+                ch = outs[k].float().abs()[:, :, c]  # B, L
+                cm = {name: float(ch[:, masks[name]].mean()) for name in POSITION_CLASSES}
+                per_block.append(dict(
+                    block=k, top_channel=c, peak=float(r["chan_max"][c]), median=float(r["median"]),
+                    peak_over_median=float(r["peak/median"][c]), peak_over_mean=float(r["peak/mean"][c]),
+                    top_channel_by_mean=int(r["chan_mean"].argmax()), sun_criterion=r["sun"],
+                    first=cm["first_frame"], boundary=cm["boundary"], interior=cm["interior"],
+                    first_over_interior=cm["first_frame"] / max(cm["interior"], 1e-12),
+                    boundary_over_interior=cm["boundary"] / max(cm["interior"], 1e-12),
+                    per_frame=[float(ch[:, frame_of == f].mean()) for f in range(lay.frames)],
+                    per_row=[float(ch[:, (row_of == r_) & (frame_of > 0)].mean()) for r_ in range(lay.height)],
+                ))
+            res[str(t)] = per_block
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return res
+
+
+def summarize_ma(stats):
+    """One line per noise level: max ratio over blocks, mid-block ratio, hierarchy at the mid block."""
+    parts = []
+    for t, blocks in stats.items():
+        mid = blocks[len(blocks) // 2]
+        best = max(b["peak_over_median"] for b in blocks)
+        parts.append(f"t={t}: max {best:.0f}x mid(b{mid['block']},c{mid['top_channel']}) {mid['peak_over_median']:.0f}x "
+                     f"f/i {mid['first_over_interior']:.2f} b/i {mid['boundary_over_interior']:.2f}")
+    return " | ".join(parts)
+
+
+def compact_ma(rec):
+    """Small per-snapshot summary for the curves."""
+    c = dict(step=rec["step"], minutes=rec["minutes"], tag=rec["tag"])
+    for t, blocks in rec["stats"].items():
+        c[t] = [dict(block=b["block"], ch=b["top_channel"], ratio=round(b["peak_over_median"], 2),
+                     peak_over_mean=round(b["peak_over_mean"], 2),
+                     peak=round(b["peak"], 3), f_i=round(b["first_over_interior"], 4),
+                     b_i=round(b["boundary_over_interior"], 4)) for b in blocks]
+    return c
+
+
+def sample_eval(out, variant, dev, text_dir=None, prompts=None, seed=0, **kw):
+    """Generate one clip per evaluation prompt with the stock pipeline; score with the detector."""
+    from . import DEFAULTS, load_pipeline
+    from .detect import score_clip
+
+    pipe = load_pipeline(variant, device=dev, dtype=torch.float32, root=out, text_dir=text_dir)
+    prompts = prompts or world.EVAL_PROMPTS
+    call = dict(DEFAULTS[variant], **kw)
+    res = []
+    for i, p in enumerate(prompts):
+        g = torch.Generator(device="cpu").manual_seed(seed + i)
+        v = pipe(prompt=p, generator=g, output_type="pt", **call).frames[0]  # F,3,H,W in [0,1]
+        sc = score_clip(v.float().cpu(), p)
+        res.append(dict(prompt=p, ok=sc["ok"], colour_ok=sc["colour_ok"], persist_ok=sc["persist_ok"],
+                        objects=sc["objects"]))
+    summ = dict(n=len(res), ok=float(np.mean([r["ok"] for r in res])),
+                colour_ok=float(np.mean([r["colour_ok"] for r in res])),
+                persist_ok=float(np.mean([r["persist_ok"] for r in res])),
+                motion_ok=float(np.mean([o["motion_ok"] for r in res for o in r["objects"] if o["motion_ok"] is not None] or [0])),
+                call=call)
+    return dict(summary=summ, clips=res)
+
+
+# ---------------------------------------------------------------------------------------- report
+def make_figure(out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    reps = {v: json.loads((out / v / "train_report.json").read_text()) for v in VARIANTS
+            if (out / v / "train_report.json").exists()}
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for v, r in reps.items():
+        h = r["loss_history"]
+        s = np.array([x["step"] for x in h])
+        l = np.array([x["loss"] for x in h])
+        k = max(1, len(l) // 50)
+        ls = np.convolve(l, np.ones(k) / k, mode="valid")
+        ax[0].plot(s[k - 1:], ls, label=v)
+        mh = r["ma_history"]
+        for t, style in (("0.9", "-"), ("0.5", "--"), ("0.1", ":")):
+            steps = [m["step"] for m in mh if t in m]
+            mid = [max(b["ratio"] for b in m[t]) for m in mh if t in m]
+            ax[1].plot(steps, mid, style, label=f"{v} t={t}")
+            fi = [m[t][len(m[t]) // 2]["f_i"] for m in mh if t in m]
+            bi = [m[t][len(m[t]) // 2]["b_i"] for m in mh if t in m]
+            if t == "0.9":
+                ax[2].plot(steps, fi, "-", label=f"{v} first/interior (t=0.9, mid block)")
+                ax[2].plot(steps, bi, "--", label=f"{v} boundary/interior (t=0.9, mid block)")
+    ax[0].set(title="flow-matching loss (smoothed)", xlabel="step", yscale="log")
+    ax[1].set(title="top MA channel peak / median |h| (max over blocks)", xlabel="step")
+    ax[2].set(title="position hierarchy on the MA channel", xlabel="step")
+    for a in ax:
+        a.legend(fontsize=7)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "train_curves.png", dpi=110)
+    return out / "train_curves.png"
+
+

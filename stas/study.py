@@ -1,0 +1,199 @@
+"""Notebook helpers: recordings shared by notebooks 02-04 and the explorer, keyed by what made them.
+
+Notebook 02 records every block over prompts x seeds and saves the `Recording` to
+``<stats_dir>/<model>_blocks.safetensors``; notebooks 03, 04 and the explorer load that file only
+when its key — the model's weights hash (`weights_hash`), the call settings, prompts, seeds and the
+number of channels followed — matches their own run, and otherwise record it again with the same
+function (so a recording from other weights, prompts, seeds or step counts is never reused, and each
+notebook also runs alone).
+
+Two passes, because per-token values are kept only for channels named before a run: pass 1 records
+one clip without per-token values and chooses the channels (`stas.massive.choose_channels`: the MA
+channels, or — when none passes the criteria — the top channels by peak/median, flagged
+``fallback``); pass 2 records all clips keeping the per-token values of those channels plus two
+controls (the non-MA channels whose peak/mean is closest to 6x, a "weak MA", and to 1x).
+
+`record_footprint` says what `stas.record` allocates on the device for a model and a run (README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from .adapters import get_adapter
+from .load import call_settings
+from .massive import choose_channels, find_massive
+from .record import Recording, record
+
+ROOT = Path(__file__).resolve().parents[1]
+# Prompts for a model that registered none (any real checkpoint): plain scenes with motion.
+GENERIC_PROMPTS = ("a red ball bounces on a wooden floor", "a white boat sails across a calm blue lake",
+                   "a brown dog runs along a sandy beach", "a green leaf falls slowly from a tree")
+
+
+def quiet():
+    """Silence diffusers' / transformers' loading progress bars and load reports (notebook outputs)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+
+
+def default_prompts(pipe, n: int) -> list[str]:
+    """The first ``n`` evaluation prompts ``pipe``'s registered model brings, else of `GENERIC_PROMPTS`.
+    Raises ``ValueError`` when fewer than ``n`` exist (never a silent cut)."""
+    from .evaluate import default_prompts as first_n
+    from .registry import entry_of
+
+    e = entry_of(pipe)
+    return first_n(e.prompts if e is not None and e.prompts else GENERIC_PROMPTS, n)
+
+
+def stats_path(model: str, stats_dir=None) -> Path:
+    """``<stats_dir>/<model>_blocks.safetensors`` (default ``data/stats`` under the repo root)."""
+    d = Path(stats_dir) if stats_dir is not None else ROOT / "data" / "stats"
+    return d / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(model)).strip('_')}_blocks.safetensors"
+
+
+@torch.no_grad()
+def weights_hash(pipe, sample: int = 65536) -> str:
+    """A short sha256 of the weights that shape a recording: every transformer and the text encoder.
+
+    Tensors up to ``sample`` elements are hashed whole, larger ones by ``sample`` evenly strided
+    elements (a retrained model changes them all; hashing Wan-14B whole would take minutes). With
+    the scheduler's class and config, so two schedules never share a key. A BERT encoder's
+    ``pooler.*`` is left out: video pipelines use the last hidden state, and a checkpoint saved without
+    a pooler gets a random one at every load."""
+    h = hashlib.sha256()
+    mods = list(get_adapter(pipe).transformers)
+    if getattr(pipe, "text_encoder", None) is not None:
+        mods.append(pipe.text_encoder)
+    for m in mods:
+        for name, t in m.state_dict().items():
+            if name.startswith("pooler."):
+                continue
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            flat = t.detach().reshape(-1)
+            if flat.numel() > sample:
+                flat = flat[torch.linspace(0, flat.numel() - 1, sample, device=flat.device).long()]
+            h.update(flat.float().cpu().numpy().tobytes())
+    sch = getattr(pipe, "scheduler", None)
+    if sch is not None:
+        h.update(type(sch).__name__.encode())
+        cfg = {k: v for k, v in sch.config.items() if not k.startswith("_")}  # "_use_default_values": a set's order
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def recording_key(pipe, prompts, seeds, call: dict, n_channels: int) -> dict:
+    """What a study recording depends on (stored in its ``meta["key"]``)."""
+    return {"weights": weights_hash(pipe), "call": {k: call[k] for k in sorted(call)},
+            "prompts": list(prompts), "seeds": [int(s) for s in seeds], "n_channels": int(n_channels)}
+
+
+@torch.no_grad()
+def record_blocks(pipe, prompts, seeds, channels=(), full=(), call: dict | None = None) -> Recording:
+    """Record every block over ``prompts`` x ``seeds``; returns the `Recording` (runs labelled).
+
+    ``call``: the call settings (default: the adapter's native call). Runs the denoising loop exactly
+    as `stas.generate` does (same seeded generator) but stops before the VAE decode
+    (``output_type="latent"``): the statistics are those of the clips `generate` makes, at less cost."""
+    kw = dict(call) if call is not None else call_settings(pipe)
+    get_adapter(pipe).layout_for_call(kw["num_frames"], kw["height"], kw["width"])  # errors before any work
+    with record(pipe, channels=list(channels), full=full) as rec:
+        for p in prompts:
+            for s in seeds:
+                rec.label(prompt=p, seed=int(s))
+                gen = torch.Generator(device=pipe._execution_device).manual_seed(int(s))
+                pipe(prompt=p, generator=gen, output_type="latent", **kw)
+    st = rec.stats
+    st.meta.update(model=getattr(pipe, "stas_name", None), call=dict(kw))
+    return st
+
+
+def record_study(pipe, prompts, seeds, n_channels: int = 3, full_block=None, verbose=True, probe_steps=2,
+                 call: dict | None = None):
+    """The two-pass recording of notebook 02. Returns ``(stats, probe, chosen)``: ``stats`` of all
+    clips with per-token values of the chosen channels (``meta["chosen"]``, ``meta["key"]``),
+    ``probe`` the pass-1 recording of the first prompt/seed (with the whole hidden state at step 0 of
+    ``full_block`` when given), ``chosen`` from `choose_channels`. The probe runs ``probe_steps``
+    denoising steps (its step 0 has the same timestep as step 0 of the full schedule); None runs the
+    full schedule."""
+    kw = dict(call) if call is not None else call_settings(pipe)
+    t0 = time.time()
+    full = [(0, full_block)] if full_block is not None else ()
+    pcall = dict(kw, num_inference_steps=min(probe_steps, kw["num_inference_steps"])) if probe_steps else kw
+    probe = record_blocks(pipe, prompts[:1], seeds[:1], full=full, call=pcall)
+    chosen = choose_channels(find_massive(probe), n_channels)
+    chans = chosen["top"] + [chosen["weak"], chosen["plain"]]
+    t1 = time.time()
+    stats = record_blocks(pipe, prompts, seeds, channels=chans, call=kw)
+    stats.meta["chosen"] = chosen
+    stats.meta["key"] = recording_key(pipe, prompts, seeds, kw, n_channels)
+    if verbose:
+        print(f"pass 1 (1 clip, {probe.num_steps} steps): {t1 - t0:.1f} s; pass 2 ({len(prompts)} prompts x "
+              f"{len(seeds)} seeds): {time.time() - t1:.1f} s; channels kept per token: {chans}")
+    return stats, probe, chosen
+
+
+def load_or_record(pipe, prompts, seeds, path, call: dict | None = None, n_channels: int = 3) -> Recording:
+    """The recording at ``path`` when its key (`recording_key`: weights hash, call settings, prompts,
+    seeds, channels) equals this run's; otherwise record it now with `record_study` and save it there.
+    Prints which, and why a saved file was not used."""
+    kw = dict(call) if call is not None else call_settings(pipe)
+    path = Path(path)
+    key = recording_key(pipe, prompts, seeds, kw, n_channels)
+    if path.exists():
+        st = Recording.load(path)
+        old = st.meta.get("key")
+        if old == json.loads(json.dumps(key)):
+            print(f"loaded {path.name}: {st.num_runs} runs x {st.num_steps} steps x {len(st.blocks)} blocks "
+                  f"(weights {key['weights']})")
+            return st
+        diff = sorted(k for k in key if (old or {}).get(k) != json.loads(json.dumps(key[k])))
+        print(f"{path.name} was recorded with other {', '.join(diff) or 'settings'}: recording again")
+    st, _, _ = record_study(pipe, list(prompts), list(seeds), n_channels=n_channels, call=kw)
+    st.save(path)
+    print(f"recorded and saved {path.name}")
+    return st
+
+
+def record_footprint(num_blocks: int, hidden_size: int, num_tokens: int, num_steps: int, channels: int = 0,
+                     full: int = 0, branches: int = 2, median_elems: int = 16384, dtype_bytes: int = 2) -> dict:
+    """Bytes `stas.record` allocates on the device for one run (from ``stas/record.py``'s buffers).
+
+    Per recorded block: a float32 table of (steps x branches) rows of 2D + 1 numbers (max |h| and
+    mean |h| per channel, the median) and, with ``channels`` > 0, float32 per-token values (steps x
+    branches, L, C); ``full`` whole (L, D) float32 hidden states; per call, transient: the strided
+    median sample (<= ``median_elems`` values of the block output's dtype, twice: |x| and its sort)
+    and two (D,) float32 vectors. Returns ``{"stats", "tokens", "full", "persistent", "transient"}``
+    in bytes."""
+    rows = num_steps * branches
+    stats = num_blocks * rows * (2 * hidden_size + 1) * 4
+    tokens = num_blocks * rows * num_tokens * channels * 4
+    full_b = full * num_tokens * hidden_size * 4
+    med = min(median_elems + hidden_size, num_tokens * hidden_size)
+    transient = 2 * med * dtype_bytes + 2 * hidden_size * 4
+    return {"stats": stats, "tokens": tokens, "full": full_b, "persistent": stats + tokens + full_b,
+            "transient": transient}
+
+
+def record_footprint_of(pipe, call: dict | None = None, channels: int = 0, blocks=None, full: int = 0) -> dict:
+    """`record_footprint` for ``pipe`` and a call (default: its native call): blocks, hidden size and
+    token count from its adapter, the dtype from its transformer."""
+    ad = get_adapter(pipe)
+    kw = dict(call) if call is not None else call_settings(pipe)
+    lay = ad.layout_for_call(kw["num_frames"], kw["height"], kw["width"])
+    dt = next(ad.transformers[0].parameters()).dtype
+    nb = ad.num_blocks if blocks is None else len(blocks)
+    return record_footprint(nb, ad.hidden_size, lay.num_tokens, kw["num_inference_steps"], channels, full,
+                            dtype_bytes=torch.finfo(dt).bits // 8)

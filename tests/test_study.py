@@ -1,0 +1,91 @@
+"""The layer around the core: registry and plug-in, native defaults and presets, STASConfig.paper,
+study recordings keyed by weights + call settings, record's device footprint."""
+
+import pytest
+import torch
+
+import stas
+from stas import registry, study
+
+
+def test_registry_names_and_house_plugin_is_only_imported_by_the_registry():
+    import pathlib
+    import re
+
+    assert {"house", "house-uniform", "tiny-random-wan", "tiny-random-cogvideox"} <= set(registry.names())
+    root = pathlib.Path(stas.__file__).parent
+    for f in root.glob("*.py"):  # generic modules never import the plug-in
+        if f.name != "registry.py":
+            assert not re.search(r"from \.house|import stas\.house|from stas\.house", f.read_text()), f.name
+
+
+def test_house_uniform_adapter_tells_the_truth():
+    """Issue 8 gate 5: the uniform control's 8 returned frames are each their own latent frame."""
+    from stas.house.adapter import HouseAdapter, HouseUniformAdapter
+
+    tiny = stas.tiny_random_pipeline("wan", text_encoder=False)
+    uni, cau = HouseUniformAdapter(tiny), HouseAdapter(tiny)
+    lu = uni.layout_for_call(29, 128, 128)
+    assert (lu.latent_frames, lu.temporal_factor, lu.num_pixel_frames) == (8, 1, 8)
+    lc = cau.layout_for_call(29, 128, 128)
+    assert (lc.latent_frames, lc.temporal_factor, lc.num_pixel_frames) == (8, 4, 29)
+    assert uni.defaults()["max_sequence_length"] == 32
+    assert stas.layout.crosses_latent_frames(8, 1).sum() == 7 and stas.layout.crosses_latent_frames(29, 4).sum() == 7
+
+
+def test_native_defaults_text_length_and_quick_preset(wan, cog):
+    from stas.adapters import CogVideoXAdapter, WanAdapter
+
+    assert WanAdapter(wan).defaults()["max_sequence_length"] == 64      # the tiny BERT's 64 positions
+    assert CogVideoXAdapter(cog).defaults()["max_sequence_length"] == 16  # transformer.max_text_seq_length
+    q = WanAdapter(wan).preset("quick")
+    assert (q["height"], q["width"], q["num_frames"], q["num_inference_steps"]) == (240, 416, 17, 10)
+    with pytest.raises(ValueError, match="preset"):
+        WanAdapter(wan).preset("huge")
+    with pytest.raises(ValueError, match="multiples"):
+        stas.call_settings(wan, height=30)
+
+
+def test_stas_config_paper_scales_to_the_model(wan):
+    cfg = stas.STASConfig.paper(wan, [3], 10)
+    assert cfg.blocks == (1,) and cfg.steps == 4 and cfg.channels == (3,) and cfg.alpha == 1.0
+    with pytest.raises(TypeError):
+        stas.STASConfig(channels=(3,))   # no model's numbers: steps and blocks are required
+
+
+def test_study_recording_is_reused_only_for_the_same_key(wan, tmp_path, capsys):
+    kw = stas.call_settings(wan, num_inference_steps=2)
+    path = tmp_path / "w_blocks.safetensors"
+    a = study.load_or_record(wan, ["a red ball"], [0], path, call=kw, n_channels=1)
+    assert "recorded and saved" in capsys.readouterr().out
+    b = study.load_or_record(wan, ["a red ball"], [0], path, call=kw, n_channels=1)
+    assert "loaded" in capsys.readouterr().out and torch.equal(a["chan_max"], b["chan_max"])
+    c = study.load_or_record(wan, ["a red ball"], [0], path, call=dict(kw, num_inference_steps=3), n_channels=1)
+    assert "other call" in capsys.readouterr().out and c.num_steps == 3
+    other = stas.tiny_random_pipeline("wan", seed=1)   # other weights, same name and settings
+    other.stas_name = wan.stas_name
+    study.load_or_record(other, ["a red ball"], [0], path, call=dict(kw, num_inference_steps=3), n_channels=1)
+    assert "other weights" in capsys.readouterr().out
+
+
+def test_record_footprint_matches_what_record_keeps(wan):
+    kw = stas.call_settings(wan, num_inference_steps=2)
+    with stas.record(wan, channels=[1, 2]) as rec:
+        stas.generate(wan, "a red ball", seed=0, **kw)
+    st = rec.stats
+    fp = study.record_footprint_of(wan, kw, channels=2)
+    kept = sum(st[k][0].numel() * 4 for k in ("chan_max", "chan_mean", "median", "tokens"))
+    assert fp["stats"] + fp["tokens"] == kept
+
+
+def test_weights_hash_is_the_same_in_every_process():
+    """A recording saved by one notebook must be found by the next (a new process, another hash seed):
+    diffusers' config carries a set-ordered "_use_default_values" that must not enter the key."""
+    import subprocess
+    import sys
+
+    code = "import stas; from stas import study; print(study.weights_hash(stas.load('tiny-random-wan', device='cpu')))"
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout.split()[-1]
+           for seed in ("1", "2", "3")}
+    assert len(out) == 1
