@@ -3,6 +3,7 @@
     torchrun --nproc_per_node 2 benchmarks/context_parallel.py           # 2 GPUs, ~3 min: writes
                                                                           # benchmarks/results/context_parallel.json
     torchrun --nproc_per_node 2 benchmarks/context_parallel.py --small   # 2 CPU processes (gloo), ~1 min, no file
+    python benchmarks/context_parallel.py --readme                        # README table from the committed JSON
 
 A full-size Wan2.1-T2V-1.3B transformer with random bf16 weights (seeded: the same on every rank) in a
 ``WanPipeline`` (``prompt_embeds``, CFG 5.0, latents out), 81 frames at 480 x 832 (32 760 tokens),
@@ -88,9 +89,9 @@ class Run:
         return pipe
 
     def call(self, pipe, steps=None):
-        return pipe(prompt_embeds=self.pe, negative_prompt_embeds=self.npe, num_inference_steps=steps or self.args.steps,
-                    guidance_scale=5.0, output_type="latent", generator=torch.Generator(self.device).manual_seed(0),
-                    **self.size).frames
+        return pipe(prompt_embeds=self.pe, negative_prompt_embeds=self.npe,
+                    num_inference_steps=steps or self.args.steps, guidance_scale=5.0, output_type="latent",
+                    generator=torch.Generator(self.device).manual_seed(0), **self.size).frames
 
     def timed(self, pipe, make_ctx):
         """[(seconds, latents, recording or None)] over --repeats, the context entered fresh each time."""
@@ -171,7 +172,8 @@ def compare(one: dict, many: dict) -> dict:
     out["latents"] = lat
     out["stats"] = {k: {s: rel(many[k]["stats"][s], one[k]["stats"][s]) for s in STATS}
                     for k in ("record", "STAS")}
-    out["filled_equal"] = all(torch.equal(many[k]["stats"]["filled"], one[k]["stats"]["filled"]) for k in ("record", "STAS"))
+    out["filled_equal"] = all(torch.equal(many[k]["stats"]["filled"], one[k]["stats"]["filled"])
+                              for k in ("record", "STAS"))
     floor = max(2 * lat["none"]["max_abs"], 2 ** -8 * float(one["none"]["latents"].abs().max()))
     out["ok"] = {"stats_within_1e-3": all(v <= 1e-3 for d in out["stats"].values() for v in d.values()),
                  "steered_latents_within_bf16_noise": lat["STAS"]["max_abs"] <= floor}
@@ -212,6 +214,42 @@ def reduction_check(device, dtype, d, group) -> dict:
     return res
 
 
+MARKERS = ("<!-- context-parallel-table:begin -->", "<!-- context-parallel-table:end -->")
+
+
+def table(res: dict) -> str:
+    """The README's context-parallelism table (markdown) from a results dict (context_parallel.json)."""
+    w = res["world"]
+    red = res["reduction"]
+    lines = [f"Measured {res['date']} on {w} x {res['device']} (torch {res['torch']}, diffusers {res['diffusers']}), "
+             f"{'a small Wan, float32' if res['small'] else 'Wan2.1-1.3B size, random bf16 weights'}, "
+             f"{res['tokens']} tokens, {res['steps']} steps with CFG, "
+             f"`torchrun --nproc_per_node {w} benchmarks/context_parallel.py`. Speed-up = 1-GPU time / {w}-GPU time "
+             f"of the same call; latents: max |{w} GPUs - 1 GPU| (stock = what context parallelism alone changes "
+             f"in {res['dtype'][6:]}); statistics: max |difference| / max |value| over the whole recording.", "",
+             f"| split | attention | speed-up stock / record / STAS | stock latents | STAS latents | "
+             f"record stats (max rel.) | STAS-run stats (max rel.) |", "|---|---|---|---|---|---|---|"]
+    for mode, m in res["modes"].items():
+        if "error" in m:
+            lines.append(f"| {mode} | `{m['attention_backend']}` | failed: {m['error'][:120]} | | | | |")
+            continue
+        sp = " / ".join(f"{m['speedup'][k]:.2f}x" for k in ("none", "record", "STAS"))
+        st = {k: max(m["stats"][k].values()) for k in ("record", "STAS")}
+        lines.append(f"| {mode} | `{m['attention_backend']}` | {sp} | {m['latents']['none']['max_abs']:.2g} | "
+                     f"{m['latents']['STAS']['max_abs']:.2g} | {st['record']:.1e} | {st['STAS']:.1e} |")
+    lines += ["", f"The reductions alone on a {red['tokens']}-token {res['dtype'][6:]} block output split "
+                  f"{red['sizes']}: max, median "
+                  f"sample, per-token values and STAS values bit-equal to one GPU: {red['ok']}; mean within "
+                  f"{red['mean_max_rel']:.1e}."]
+    return "\n".join(lines)
+
+
+def update_readme(res: dict, readme: Path = ROOT / "README.md") -> None:
+    text = readme.read_text()
+    a, b = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    readme.write_text(text[:a] + "\n" + table(res) + "\n" + text[b:])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="tiny config on CPU processes over gloo (smoke test)")
@@ -221,7 +259,12 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1, help="timed calls per variant (median)")
     ap.add_argument("--out", default=None, help=f"results JSON (default on GPUs: {RESULTS.relative_to(ROOT)})")
+    ap.add_argument("--readme", action="store_true", help="write the README table from --out (or the committed "
+                                                           "JSON) and exit; no GPU, no torchrun")
     args = ap.parse_args()
+    if args.readme:
+        update_readme(json.loads(Path(args.out or RESULTS).read_text()))
+        return
     cuda = torch.cuda.is_available() and not args.small
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if cuda:
@@ -281,10 +324,12 @@ def main():
         if cuda:
             torch.cuda.empty_cache()
     res["wall_s"] = time.perf_counter() - t0
-    if rank == 0 and args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1))
-        log(f"wrote {args.out}")
+    if rank == 0:
+        print(table(res), flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=1))
+            log(f"wrote {args.out}; README table: python benchmarks/context_parallel.py --readme")
     dist.destroy_process_group()
 
 

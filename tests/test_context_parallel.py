@@ -9,6 +9,7 @@ gather at ``proj_out`` does not run on gloo) is checked on the hooks' reductions
 group. On GPUs (bf16, ring and Ulysses, a real size): ``benchmarks/context_parallel.py``.
 """
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -99,7 +100,15 @@ def _worker(rank, world, rendezvous, out_dir):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     d = tmp_path_factory.mktemp("cp")
-    mp.spawn(_worker, args=(2, str(d / "rendezvous"), str(d)), nprocs=2, join=True)
+    with pytest.MonkeyPatch.context() as mpatch:
+        mpatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU workers also on a GPU machine (diffusers' mesh follows it)
+        workers = mp.spawn(_worker, args=(2, str(d / "rendezvous"), str(d)), nprocs=2, join=False)
+    deadline = time.monotonic() + 300
+    while not workers.join(timeout=5):  # raises if a worker raised
+        if time.monotonic() > deadline:  # a collective that never completes: stop our two workers
+            for p in workers.processes:
+                p.terminate()
+            pytest.fail("context-parallel workers did not finish within 300 s")
     return [torch.load(d / f"rank{r}.pt") for r in range(2)]
 
 
