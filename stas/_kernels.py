@@ -71,7 +71,7 @@ def sample_positions(numel: int, key: torch.Tensor) -> torch.Tensor:
 if triton is not None:
     @triton.jit
     def _main_pass(x_ptr, pmax_ptr, psum_ptr, out_ptr, tok_ptr, at_ptr, key_ptr, chan_ptr,
-                   N, D, rs, n_col, n_samp, n_gather, M, S, K, OUT_W, L, NB, C,
+                   N, D, rs, n_col, n_samp, n_gather, M, S, K, OUT_W, L, NB, C, LG, T0,
                    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr, ACC2D: tl.constexpr,
                    STAGES: tl.constexpr):
@@ -84,7 +84,10 @@ if triton is not None:
             ins = i < S
             lo = i * M // S
             o = lo + tl.load(key_ptr + i, mask=ins, other=0) % tl.maximum((i + 1) * M // S - lo, 1)
-            v = tl.load(x_ptr + (o // D) * rs + o % D, mask=ins, other=0.0)
+            row = o // D  # row of the (NB * LG, D) sequence; x holds its tokens [T0, T0 + L) (all when LG == L)
+            t = row % LG - T0
+            own = ins & (t >= 0) & (t < L)
+            v = tl.load(x_ptr + ((row // LG) * L + t) * rs + o % D, mask=own, other=0.0)  # 0: another rank's
             v = tl.where(ins, tl.abs(v.to(tl.float32)), float("nan"))
             tl.store(out_ptr + at * OUT_W + 2 * D + i, v, mask=i < K)
         elif pid < n_gather:  # chosen channels: batch mean of x[., l, chan[j]] for BLOCK_T tokens l
@@ -152,21 +155,24 @@ def available(x: torch.Tensor) -> bool:
 
 
 def block_stats(x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, tokens, chan_idx: torch.Tensor,
-                key: torch.Tensor, config: dict | None = None) -> None:
+                key: torch.Tensor, config: dict | None = None, tok_lo: int = 0, num_tokens: int = -1) -> None:
     """Write the statistics of ``x`` (b, L, D), any float dtype, into row ``at`` ((1,) int64 device
     tensor) of ``out`` (rows, 2D + K) float32 and, when ``tokens`` (rows, L, C) float32 is given,
     the batch mean of x's ``chan_idx`` (C,) channels into its row ``at``. ``key`` (K,) int64 fixes the
     median sample (`sample_positions`). Layout of the row: module docstring. ``config``: tile
-    (default ``CONFIG``). Two kernel launches, no host sync."""
+    (default ``CONFIG``). ``tok_lo``, ``num_tokens``: x is tokens ``[tok_lo, tok_lo + L)`` of a
+    ``num_tokens``-token sequence (context parallelism; -1: the whole sequence), as in
+    `stas.record.reduce_block_output`. Two kernel launches, no host sync."""
     cfg = CONFIG if config is None else config
     b, L, D = x.shape
+    lg = L if num_tokens < 0 else num_tokens
     flat = x.reshape(b * L, D)
     if flat.stride(1) != 1:
         flat = flat.contiguous()
     n = flat.shape[0]
     rows = max(cfg["rows_per_program"], triton.cdiv(n, 4096 * cfg["block_n"]) * cfg["block_n"])  # <= 4096 partials
     n_col, p = triton.cdiv(D, cfg["block_d"]), triton.cdiv(n, rows)
-    K, S = key.numel(), min(key.numel(), n * D)
+    K, S = key.numel(), min(key.numel(), b * lg * D)
     C = 0 if tokens is None else chan_idx.numel()
     block_s, block_t = 1024, 1024
     n_samp, n_tok = triton.cdiv(K, block_s), (triton.cdiv(L, block_t) if C else 0)
@@ -179,8 +185,8 @@ def block_stats(x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, tokens, ch
     with torch.cuda.device(x.device) if x.is_cuda else _nullcontext():  # launch on x's GPU
         _main_pass[(n_samp + n_tok + n_col * p,)](
             flat, pmax, psum, out, tok, at, key, chan_idx,
-            n, D, flat.stride(0), n_col, n_samp, n_samp + n_tok, n * D, S, K, out.stride(0), L, b, C,
+            n, D, flat.stride(0), n_col, n_samp, n_samp + n_tok, b * lg * D, S, K, out.stride(0), L, b, C, lg, tok_lo,
             ROWS=rows, BLOCK_N=cfg["block_n"], BLOCK_D=cfg["block_d"], BLOCK_S=block_s, BLOCK_T=block_t,
             ACC2D=cfg.get("acc2d", False), STAGES=cfg.get("stages", 1), num_warps=cfg["num_warps"])
-        _final_pass[(triton.cdiv(D, block_f),)](pmax, psum, out, at, p, D, out.stride(0), 1.0 / n,
+        _final_pass[(triton.cdiv(D, block_f),)](pmax, psum, out, at, p, D, out.stride(0), 1.0 / (b * lg),
                                                  BLOCK_P=block_p, BLOCK_F=block_f, num_warps=4)

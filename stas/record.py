@@ -21,6 +21,9 @@ over tokens overflows). `reduce_block_output` is the reference of the per-call r
 are the denoising steps the run executes, with the pipeline's timesteps (`stas.tracking`).
 Device memory: `recording_bytes` (all of a run's buffers are allocated when it starts).
 
+Under diffusers' context parallelism every rank's hooks see a slice of the tokens; one all-gather per
+recorded (block, branch) makes the row global before it is written (`_sharded_block_stats`).
+
 Buffers are written with ``index_copy_`` at a position held in a device tensor, so the hooks have
 no Python state that varies per block or step: a block compiled with ``torch.compile`` (e.g.
 diffusers' ``compile_repeated_blocks``) traces the hook once for all blocks, with no graph breaks.
@@ -174,7 +177,8 @@ def _layout_dict(lay: TokenLayout) -> dict:
             "temporal_factor": lay.temporal_factor, "spatial_factor": lay.spatial_factor}
 
 
-def reduce_block_output(x: torch.Tensor, chan_idx: Optional[torch.Tensor], key: torch.Tensor):
+def reduce_block_output(x: torch.Tensor, chan_idx: Optional[torch.Tensor], key: torch.Tensor, tok_lo: int = 0,
+                        num_tokens: int = -1):
     """The per-call statistics of one branch's block output ``x`` (b, L, D), any float dtype.
 
     Returns ``(row, tokens)`` on x's device: ``row`` float32 (2D + K,) = ``[max_t |x[., t, c]| (D),
@@ -184,19 +188,29 @@ def reduce_block_output(x: torch.Tensor, chan_idx: Optional[torch.Tensor], key: 
     Sums accumulate in float32: a float16 column sum overflows at 65 504 (on a CogVideoX-2B clip,
     17 550 tokens, any channel with mean |h| > 3.7). Max and sample are elements of |x|, exact.
 
+    Under context parallelism x holds tokens ``[tok_lo, tok_lo + L)`` of ``num_tokens`` (-1: x is the
+    whole sequence): the mean is then this slice's part of the global mean (sum over its tokens /
+    (b * num_tokens)) and the sample is taken at the global sample positions (those of a
+    (b, num_tokens, D) tensor), 0 where another rank holds the entry. Max, sum and per-position sum
+    over the ranks give the single-process row (`_sharded_block_stats`).
+
     This is the torch reference of the reduction (the CPU path); on CUDA `stas._kernels` computes the
     same row in one read of x (``_kernels.CUDA_BACKEND`` chooses).
     """
-    flat = x.reshape(-1, x.shape[-1])                      # (b*L, D)
-    n, d = flat.shape
+    b, L, d = x.shape
+    lg = L if num_tokens < 0 else num_tokens
+    flat = x.reshape(-1, d)                                # (b*L, D)
     lo, hi = torch.aminmax(flat, dim=0)                    # one read of h -> max |h|
     mx = torch.maximum(hi, -lo).float()
     l1 = torch.linalg.vector_norm(flat, ord=1, dim=0, dtype=torch.float32)  # one read -> sum |h|, fp32
-    pos = _kernels.sample_positions(n * d, key)
-    sample = flat[pos // d, pos % d].abs().float()
+    pos = _kernels.sample_positions(b * lg * d, key)       # flat positions in the (b, lg, D) sequence
+    row = pos // d
+    t = row % lg - tok_lo                                  # token in this slice (all of them when lg == L)
+    own = (t >= 0) & (t < L)
+    sample = torch.where(own, flat[(row // lg) * L + t.clamp(0, L - 1), pos % d].abs().float(), 0.0)
     pad = sample.new_full((key.numel() - pos.numel(),), float("nan"))
     tokens = None if chan_idx is None else x.index_select(-1, chan_idx).float().mean(0)
-    return torch.cat([mx, l1 / n, sample, pad]), tokens
+    return torch.cat([mx, l1 / (b * lg), sample, pad]), tokens
 
 
 _compiled_reduce = None
@@ -258,28 +272,57 @@ def recording_bytes(num_blocks: int, hidden_size: int, num_tokens: int, num_step
 
 @torch.library.custom_op("stas::block_stats", mutates_args=("stats", "tokens"))
 def _block_stats(x: torch.Tensor, at: torch.Tensor, stats: torch.Tensor, tokens: Optional[torch.Tensor],
-                 chan_idx: torch.Tensor, key: torch.Tensor) -> None:
+                 chan_idx: torch.Tensor, key: torch.Tensor, tok_lo: int = 0, num_tokens: int = -1) -> None:
     """Write the statistics of one branch's block output x (b, L, D) into row ``at`` of ``stats``
     (rows, 2D + K) and, if given, x's ``chan_idx`` channels (batch mean, float32) into row ``at`` of
-    ``tokens`` (rows, L, C): `reduce_block_output`'s row, computed by the backend
-    `stas._kernels.backend` picks (one fused read of x on CUDA).
+    ``tokens`` (rows, L, C): `reduce_block_output`'s row (``tok_lo``, ``num_tokens``: x's token slice
+    under context parallelism), computed by the backend `stas._kernels.backend` picks (one fused read
+    of x on CUDA).
 
     A custom op, so that a compiled block (``torch.compile`` / ``compile_repeated_blocks``) sees one
     opaque node: no graph break, no recompiles, and the same bandwidth-bound kernels as in eager mode.
     """
     kind = _kernels.backend(x)
     if kind == "triton" and _kernels.available(x):
-        _kernels.block_stats(x, at, stats, tokens, chan_idx, key)
+        _kernels.block_stats(x, at, stats, tokens, chan_idx, key, tok_lo=tok_lo, num_tokens=num_tokens)
         return
-    row, tok = _reduce_fn(kind)(x, None if tokens is None else chan_idx, key)
+    row, tok = _reduce_fn(kind)(x, None if tokens is None else chan_idx, key, tok_lo, num_tokens)
     stats.index_copy_(0, at, row[None])
     if tokens is not None:
         tokens.index_copy_(0, at, tok[None])  # (1, L, C)
 
 
 @_block_stats.register_fake
-def _(x, at, stats, tokens, chan_idx, key):
+def _(x, at, stats, tokens, chan_idx, key, tok_lo=0, num_tokens=-1):
     return None
+
+
+def _sharded_block_stats(x: torch.Tensor, at: torch.Tensor, stats: torch.Tensor, tokens: Optional[torch.Tensor],
+                         chan_idx: torch.Tensor, key: torch.Tensor, shard) -> None:
+    """`_block_stats` of a block output split over ranks by context parallelism: x (b, L_r, D) holds
+    tokens ``[shard.lo, shard.hi)``; rows ``at`` of ``stats`` / ``tokens`` receive the statistics of
+    the whole (b, L, D) output, the same row on every rank.
+
+    The custom op reduces the rank's slice into a fresh row (sample at the global positions); one
+    all-gather of that row and the slice's chosen-channel values follows, outside the custom op
+    (a functional collective: asynchronous, no host sync, traced by ``torch.compile`` without a
+    graph break); then max over ranks, sum of the mean parts (in rank order: deterministic), sum of the
+    samples (exactly one rank holds each entry, the others give 0) and the token slices in order.
+    Equal to the one-process row up to the order of the float32 sum of the mean.
+    """
+    d = x.shape[-1]
+    k = key.numel()
+    row = torch.empty(1, 2 * d + k, device=x.device, dtype=torch.float32)
+    tok = None if tokens is None else torch.empty(1, x.shape[1], chan_idx.numel(), device=x.device,
+                                                  dtype=torch.float32)
+    zero = torch.zeros(1, dtype=torch.long, device=x.device)
+    _block_stats(x, zero, row, tok, chan_idx, key, shard.lo, shard.num_tokens)
+    parts = [row[0]] if tok is None else [row[0], shard.pad(tok[0]).reshape(-1)]
+    g = shard.all_gather(torch.cat(parts))                                    # (W, 2D + K [+ max L_r * C])
+    full = torch.cat([g[:, :d].amax(0), g[:, d:2 * d].sum(0), g[:, 2 * d:2 * d + k].sum(0)])
+    stats.index_copy_(0, at, full[None])
+    if tokens is not None:
+        tokens.index_copy_(0, at, shard.unpad(g[:, 2 * d + k:].reshape(shard.world, -1, chan_idx.numel()))[None])
 
 
 class _BlockRecorder:
@@ -300,8 +343,12 @@ class _BlockRecorder:
             o._to_device(h.device)
             bufs = self.bufs
         for k, sl in enumerate(o.slices):
-            _block_stats(h[sl], o.dev.pos[k:k + 1], bufs["stats"], bufs.get("tokens"), o.dev.chan_idx,
-                         o.dev.sample_key)
+            if o.shard is None:
+                _block_stats(h[sl], o.dev.pos[k:k + 1], bufs["stats"], bufs.get("tokens"), o.dev.chan_idx,
+                             o.dev.sample_key)
+            else:  # context parallelism: h holds this rank's tokens; one all-gather makes the row global
+                _sharded_block_stats(h[sl], o.dev.pos[k:k + 1], bufs["stats"], bufs.get("tokens"), o.dev.chan_idx,
+                                     o.dev.sample_key, o.shard)
         return None
 
 
@@ -317,7 +364,8 @@ class _FullRecorder:
             h = self.owner.adapter.video_tokens(output)
             for name, sl in tr.branches:
                 key = f"{tr.run}/{tr.step}/{self.block_id}/{name}"
-                self.owner._full[key] = h[sl].detach().float().mean(0).clone()
+                full = h[sl].detach().float().mean(0)
+                self.owner._full[key] = full.clone() if tr.shard is None else tr.shard.gather_tokens(full)
         return None
 
 
@@ -333,7 +381,13 @@ class record(HookContext):
 
     After the context (or at any time) ``rec.stats`` is a `Recording` of all runs so far.
     ``rec.label(**info)`` attaches metadata (e.g. prompt, seed) to the next pipeline call.
+
+    Under diffusers' context parallelism (detected from the transformer; `stas.tracking.TokenShard`)
+    each block hook sees its rank's token slice; one all-gather per recorded block and branch makes
+    every statistic global (`_sharded_block_stats`), so every rank holds the single-process recording.
     """
+
+    supports_context_parallel = True
 
     def __init__(self, pipe, blocks=None, channels=None, full=(), median_elems: int = 16384):
         super().__init__(pipe)
@@ -360,6 +414,7 @@ class record(HookContext):
         self.dev = None        # DeviceTensors: pos (2,), range (rows + 1,), chan_idx (C,), sample_key (K,)
         self._device = None    # device the hooked blocks last ran on (None until one ran)
         self.slices = [slice(None)]
+        self.shard = None      # TokenShard of the current call under context parallelism
 
     def label(self, **info):
         """Attach ``info`` (JSON-serialisable, e.g. prompt and seed) to the next pipeline call's run."""
@@ -386,6 +441,7 @@ class record(HookContext):
         if self._cur is None:  # `stats` was read mid-run: the rest of the run is a new one
             self.on_run_start(tracker)
         cur = self._cur
+        self.shard = tracker.shard
         if not cur["alloc"]:
             self._allocate(tracker)
         if tracker.layout != self.layout:

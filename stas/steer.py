@@ -11,6 +11,11 @@ h[t, c] <- 0 there (the paper's "zeroing MAs" ablation).
 The hook edits the block output in place, before any other hook on that block (so a `record`
 context sees the steered values). ``with stas.steer(pipe, cfg): pipe(...)`` removes it on exit,
 also when the pipeline raises; with K = 0 the output is bit-identical to the stock pipeline.
+
+Under diffusers' context parallelism (detected from the transformer) each rank's hook sees a
+contiguous slice of the tokens (`stas.tracking.TokenShard`): the position mask is cut to that slice
+and the max over tokens is the max of the ranks' maxima (one all-reduce per steered block and branch,
+on the device), so every token gets the value of a single-process run.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed
 
 from .adapters import BRANCHES
 from .tracking import DeviceTensors, HookContext, block_skipped
@@ -110,17 +116,20 @@ class STASConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
 
 
-def steer_values(v: torch.Tensor, alpha: float, zero: bool):
+def steer_values(v: torch.Tensor, alpha: float, zero: bool, shard=None):
     """The new values of the steered entries: ``v`` (b, L, C) are the chosen channels of one branch.
 
     STAS: ``alpha * max_t |v[:, t, c]| * sign(v)`` computed in float32, then clamped to the finite
     range of v's dtype (float16: 65 504) so that nothing is written as inf. Returns (new values in
     v's dtype, number of clamped entries as a 0-dim int64 tensor on v's device; no host sync).
-    ``zero``: all zeros (the ablation), nothing clamped.
+    ``zero``: all zeros (the ablation), nothing clamped. ``shard`` (`stas.tracking.TokenShard`): v is
+    one rank's token slice under context parallelism; the max is then taken over all ranks' tokens.
     """
     if zero:
         return torch.zeros_like(v), torch.zeros((), dtype=torch.long, device=v.device)
     ref = v.abs().amax(dim=1, keepdim=True).float()            # (b, 1, C): global max over tokens
+    if shard is not None:
+        ref = shard.all_max(ref)                               # ... over every rank's tokens
     new = alpha * ref * torch.sign(v).float()
     fmax = torch.finfo(v.dtype).max
     over = (new.abs() > fmax).sum()
@@ -149,7 +158,7 @@ class _SteerHook:
         for sl in o.slices:
             x = h[sl]
             v = x.index_select(-1, dev.chan_idx)    # (b, L, C)
-            new, over = steer_values(v, o.alpha, o.zero)
+            new, over = steer_values(v, o.alpha, o.zero, o.shard)
             dev.clamped.add_(over)
             x.index_copy_(-1, dev.chan_idx, torch.where(dev.mask[None, :, None], new, v))
         return None
@@ -169,10 +178,12 @@ class steer(HookContext):
 
     Values beyond the block output's dtype (e.g. alpha * max > 65 504 in float16) are clamped to
     its finite range, never written as inf; the count is counted on the device and, when > 0,
-    reported by a ``RuntimeWarning`` on exit and in ``.clamped``.
+    reported by a ``RuntimeWarning`` on exit and in ``.clamped`` (under context parallelism: summed
+    over the ranks on exit, the same count on every rank).
     """
 
     prepend = True
+    supports_context_parallel = True
 
     def __init__(self, pipe, config: STASConfig):
         if not isinstance(config, STASConfig):
@@ -183,9 +194,10 @@ class steer(HookContext):
         self.zero = config.mode == "zero"
         self.active = False
         self.slices = []
+        self.shard = None         # TokenShard of the current call under context parallelism
         self.dev = None           # DeviceTensors: mask (L,), chan_idx (C,), clamped () on the blocks' device
         self._device = None
-        self._mask_layout = None
+        self._mask_layout = None  # (layout, token slice) the mask was made for
         self._calls = []          # [run, step, steered branches, blocks skipped by a diffusers cache]
         self.clamped = 0
 
@@ -214,15 +226,17 @@ class steer(HookContext):
                              f"(branches: {sorted(names)}; 'uncond' needs guidance_scale > 1)")
 
     def on_call(self, tracker):
-        lay = tracker.layout
-        if lay != self._mask_layout:
+        lay, sh = tracker.layout, tracker.shard
+        tokens = slice(None) if sh is None else slice(sh.lo, sh.hi)  # this rank's tokens (all without CP)
+        if (lay, tokens) != self._mask_layout:
             mask = lay.position_mask(self.config.positions, self.config.boundary_width, self.config.boundary_unit)
             if not mask.any():
                 raise ValueError(f"positions {self.config.positions} select no token of layout {lay.describe()}")
             self._collect_clamped()
-            self.dev = DeviceTensors(mask=mask, chan_idx=torch.tensor(self.config.channels, dtype=torch.long),
+            self.dev = DeviceTensors(mask=mask[tokens], chan_idx=torch.tensor(self.config.channels, dtype=torch.long),
                                      clamped=torch.zeros((), dtype=torch.long))
-            self._mask_layout = lay
+            self._mask_layout = (lay, tokens)
+        self.shard = sh
         self.dev.on(self._device or tracker.input_device)
         self.slices = [sl for name, sl in tracker.branches if name in self.config.branches]
         self.active = tracker.step < self.config.steps and bool(self.slices)
@@ -242,6 +256,8 @@ class steer(HookContext):
 
     def _collect_clamped(self):
         if self.dev is not None:
+            if self.shard is not None:  # every rank counted its own tokens (all ranks get here together)
+                torch.distributed.all_reduce(self.dev.clamped, group=self.shard.group)
             self.clamped += int(self.dev.clamped)
             self.dev.clamped.zero_()
 

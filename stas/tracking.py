@@ -34,6 +34,15 @@ CPU until used): hooks take them from the block output they see (`DeviceTensors`
 
 `block_skipped` tells whether diffusers' own step caches (FirstBlockCache, MagCache, SeaCache) or
 layer skipping replaced a block's computation: such a block is neither recorded nor steered.
+
+**Context parallelism** (diffusers 0.42: ``transformer.enable_parallelism(config=ContextParallelConfig(
+ring_degree=... | ulysses_degree=...))``) is read from the transformer itself, at every call: its
+``_parallel_config``. Wan's ``_cp_plan`` splits ``hidden_states`` along the token axis at the input of
+``blocks.0`` and gathers at ``proj_out``, so every block hook sees one contiguous slice of the call's
+video tokens (`TokenShard`: diffusers' ``tensor.chunk`` / ``tensor_split`` over the flattened
+ring x ulysses mesh). A context that does not support it, or a split elsewhere than at block 0 (a
+custom ``cp_plan``, another family), raises `ContextParallelError` on entering or at the first
+transformer call, before any block runs.
 """
 
 from __future__ import annotations
@@ -42,9 +51,14 @@ import math
 import weakref
 
 import torch
+import torch.distributed
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+from torch.nn import functional as F
 
 from .adapters import get_adapter
+
+if torch.distributed.is_available():
+    import torch.distributed._functional_collectives as funcol
 
 
 def _ref(obj):
@@ -85,7 +99,8 @@ class Tracker:
     Public attributes, valid inside a listener's ``on_call``: ``run`` (0, 1, ... within this
     context), ``step``, ``num_steps``, ``call_in_step``, ``cfg``, ``branches`` ([(name, batch
     slice)]), ``layout`` (`stas.TokenLayout`), ``timestep`` (the pipeline's ``t`` tensor of this
-    step, or None), ``input_device`` (device of the latent the transformer was called with).
+    step, or None), ``input_device`` (device of the latent the transformer was called with),
+    ``shard`` (`TokenShard` of this rank under diffusers' context parallelism, else None).
     """
 
     def __init__(self, adapter, listener):
@@ -100,6 +115,7 @@ class Tracker:
         self.layout = None
         self.timestep = None
         self.input_device = None
+        self.shard = None
         self._run_key = None              # weak refs of (scheduler, scheduler.timesteps) of this run
         self._t_ref = _ref(None)
         self._handles = []
@@ -184,6 +200,8 @@ class Tracker:
             self.call_in_step += 1
         self.timestep = t if isinstance(t, torch.Tensor) else None
         self.layout = ad.layout(args, kwargs)
+        cp = _context_parallel_for(self.listener, ad, module)
+        self.shard = None if cp is None else TokenShard(*cp, self.layout.num_tokens)
         batch = ad.latent_shape(args, kwargs)[0]
         self.branches = ad.branches(getattr(ctx, "name", None), self.call_in_step, batch, self.cfg)
         if new_run:
@@ -201,6 +219,16 @@ class Tracker:
             ts = getattr(getattr(pipe, "scheduler", None), "timesteps", None)
             n = 1 if ts is None else len(ts)
         return int(n)
+
+
+def _context_parallel_for(context, adapter, transformer):
+    """`context_parallel` of ``transformer``; raises `ContextParallelError` where it is on and the hook
+    ``context`` does not support it."""
+    cp = context_parallel(adapter, transformer)
+    if cp is not None and not getattr(context, "supports_context_parallel", False):
+        raise ContextParallelError(f"stas.{type(context).__name__} does not support diffusers' context parallelism "
+                                   "(enable_parallelism with a ContextParallelConfig); run it on one GPU")
+    return cp
 
 
 def block_skipped(module) -> bool:
@@ -226,6 +254,95 @@ def block_skipped(module) -> bool:
         if getattr(state, "should_compute", True) is False or getattr(state, "skip_remaining", False) is True:
             return True
     return False
+
+
+class ContextParallelError(NotImplementedError):
+    """Raised where diffusers' context parallelism is on and STAS cannot map its token split."""
+
+
+class TokenShard:
+    """The contiguous slice of a call's video tokens that this rank's blocks see under diffusers'
+    context parallelism, and the collectives that make per-rank reductions global.
+
+    diffusers splits the (B, L, D) input of ``blocks.0`` along L over the W ranks of the flattened
+    ring x ulysses mesh: ``tensor.chunk(W, 1)[rank]`` (``EquipartitionSharder``, L divisible by W,
+    asserted by diffusers) or, with ``ulysses_anything`` / ``ring_anything``, ``tensor.tensor_split(W,
+    1)[rank]`` (``PartitionAnythingSharder``: the first L mod W ranks hold one token more). Both are
+    ``tensor_split``'s slices when W divides L, so ``sizes`` is that rule; rank r holds tokens
+    ``[lo, hi)`` = ``[sum(sizes[:r]), sum(sizes[:r + 1]))``.
+
+    Collectives are torch's functional ones (``torch.distributed._functional_collectives``, as
+    diffusers' own Ulysses attention uses), each followed by its ``wait_tensor``: on CUDA the compute
+    stream waits for the collective (no host sync); ``torch.compile`` traces both without a graph break.
+    """
+
+    def __init__(self, group, rank: int, world: int, num_tokens: int):
+        self.group, self.rank, self.world, self.num_tokens = group, rank, world, num_tokens
+        q, r = divmod(num_tokens, world)
+        self.sizes = [q + (i < r) for i in range(world)]
+        self.lo = sum(self.sizes[:rank])
+        self.hi = self.lo + self.sizes[rank]
+
+    def __repr__(self):
+        return f"TokenShard(rank {self.rank} of {self.world}: tokens [{self.lo}, {self.hi}) of {self.num_tokens})"
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """(W, *t.shape): every rank's ``t`` (same shape on all ranks), in rank order."""
+        g = funcol.wait_tensor(funcol.all_gather_single(t.contiguous(), 0, self.group))
+        return g.view(self.world, *t.shape)
+
+    def all_max(self, t: torch.Tensor) -> torch.Tensor:
+        """Elementwise max of ``t`` over the ranks."""
+        return funcol.wait_tensor(funcol.all_reduce(t, "max", self.group))
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's per-token values (hi - lo, ...) padded with zeros to max(sizes) tokens."""
+        n = max(self.sizes) - x.shape[0]
+        return x if n == 0 else F.pad(x, (0, 0) * (x.dim() - 1) + (0, n))
+
+    def unpad(self, g: torch.Tensor) -> torch.Tensor:
+        """(W, max(sizes), ...) gathered padded slices -> (num_tokens, ...) in sequence order."""
+        if len(set(self.sizes)) == 1:
+            return g.reshape(self.num_tokens, *g.shape[2:])
+        return torch.cat([g[r, :n] for r, n in enumerate(self.sizes)])
+
+    def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's per-token values (hi - lo, ...) -> all tokens' values (num_tokens, ...)."""
+        return self.unpad(self.all_gather(self.pad(x)))
+
+
+_CP_SPLIT, _CP_GATHER = "ContextParallelSplitHook", "ContextParallelGatherHook"
+
+
+def context_parallel(adapter, transformer):
+    """``(process group, rank, world size)`` of diffusers' context parallelism on ``transformer``, or
+    None when it is off.
+
+    Raises `ContextParallelError` unless the split is the one `TokenShard` describes: the family's
+    blocks return (B, L, D) video tokens (Wan), the first block's input ``hidden_states`` is split
+    along dim 1 and no other block splits or gathers (diffusers' Wan ``_cp_plan``; a custom
+    ``cp_plan`` that splits elsewhere is refused).
+    """
+    cp = getattr(getattr(transformer, "_parallel_config", None), "context_parallel_config", None)
+    if cp is None:
+        return None
+    if adapter.family != "wan":
+        raise ContextParallelError(f"stas: diffusers' context parallelism is supported for Wan transformers only "
+                                   f"(the token split of diffusers' Wan _cp_plan); this is {adapter.family}")
+    for i, blk in enumerate(adapter.blocks(transformer)):
+        reg = getattr(blk, "_diffusers_hook", None)
+        hooks = [] if reg is None else [h for h in reg.hooks.values() if type(h).__name__ in (_CP_SPLIT, _CP_GATHER)]
+        spec = hooks[0].metadata.get("hidden_states") if len(hooks) == 1 and type(hooks[0]).__name__ == _CP_SPLIT \
+            else None
+        token_split = getattr(spec, "split_dim", None) == 1 and not getattr(spec, "split_output", True)
+        if (i == 0) != token_split or (i > 0 and hooks):
+            raise ContextParallelError(
+                "stas: this context-parallel plan does not split the video tokens at the input of the first block "
+                f"and nowhere else (block {i}: {[type(h).__name__ for h in hooks] or 'no split'}); record and steer "
+                "support diffusers' Wan _cp_plan (enable_parallelism without cp_plan=...)")
+    mesh = cp._flattened_mesh
+    group = mesh.get_group()
+    return group, torch.distributed.get_rank(group), mesh.size()
 
 
 class DeviceTensors:
@@ -265,6 +382,7 @@ class HookContext:
     """
 
     prepend = False  # register block hooks before (True) or after existing ones
+    supports_context_parallel = False  # hooks that map diffusers' token split (`TokenShard`)
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -297,6 +415,8 @@ class HookContext:
     def __enter__(self):
         self._validate()
         self.adapter = get_adapter(self.pipe)  # the pipeline's components as they are now
+        for t in self.adapter.transformers:  # context parallelism switched on before entering: checked now
+            _context_parallel_for(self, self.adapter, t)
         self._hooked = list(self.adapter.transformers)
         self.tracker = Tracker(self.adapter, self)
         try:

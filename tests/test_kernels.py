@@ -71,7 +71,7 @@ def test_kernel_compiles_for_hopper_with_wide_loads(cfg):
     from stas import _kernels
 
     cfg = _kernels.CONFIG if cfg == "default" else cfg
-    ints = ["N", "D", "rs", "n_col", "n_samp", "n_gather", "M", "S", "K", "OUT_W", "L", "NB", "C"]
+    ints = ["N", "D", "rs", "n_col", "n_samp", "n_gather", "M", "S", "K", "OUT_W", "L", "NB", "C", "LG", "T0"]
     sig = {"x_ptr": "*bf16", **{p: "*fp32" for p in ["pmax_ptr", "psum_ptr", "out_ptr", "tok_ptr"]},
            **{p: "*i64" for p in ["at_ptr", "key_ptr", "chan_ptr"]}, **{i: "i32" for i in ints}}
     const = {"ROWS": cfg["rows_per_program"], "BLOCK_N": cfg["block_n"], "BLOCK_D": cfg["block_d"], "BLOCK_S": 1024,
