@@ -13,7 +13,7 @@ channels, or — when none passes the criteria — the top channels by peak/medi
 ``fallback``); pass 2 records all clips keeping the per-token values of those channels plus two
 controls (the non-MA channels whose peak/mean is closest to 6x, a "weak MA", and to 1x).
 
-`record_footprint` says what `stas.record` allocates on the device for a model and a run (README).
+`record_footprint_of` says what `stas.record` allocates on the device for a pipeline and a call (README).
 """
 
 from __future__ import annotations
@@ -167,33 +167,15 @@ def load_or_record(pipe, prompts, seeds, path, call: dict | None = None, n_chann
     return st
 
 
-def record_footprint(num_blocks: int, hidden_size: int, num_tokens: int, num_steps: int, channels: int = 0,
-                     full: int = 0, branches: int = 2, median_elems: int = 16384, dtype_bytes: int = 2) -> dict:
-    """Bytes `stas.record` allocates on the device for one run (from ``stas/record.py``'s buffers).
+def record_footprint_of(pipe, call: dict | None = None, channels: int = 0, blocks=None,
+                        median_elems: int = 16384) -> int:
+    """Bytes `stas.record` allocates on the device for one run of ``pipe`` with ``call`` (default: its
+    native call): `stas.record.recording_bytes` with the blocks, hidden size and token count of the
+    pipeline's adapter and the call's step count."""
+    from .record import recording_bytes
 
-    Per recorded block: a float32 table of (steps x branches) rows of 2D + 1 numbers (max |h| and
-    mean |h| per channel, the median) and, with ``channels`` > 0, float32 per-token values (steps x
-    branches, L, C); ``full`` whole (L, D) float32 hidden states; per call, transient: the strided
-    median sample (<= ``median_elems`` values of the block output's dtype, twice: |x| and its sort)
-    and two (D,) float32 vectors. Returns ``{"stats", "tokens", "full", "persistent", "transient"}``
-    in bytes."""
-    rows = num_steps * branches
-    stats = num_blocks * rows * (2 * hidden_size + 1) * 4
-    tokens = num_blocks * rows * num_tokens * channels * 4
-    full_b = full * num_tokens * hidden_size * 4
-    med = min(median_elems + hidden_size, num_tokens * hidden_size)
-    transient = 2 * med * dtype_bytes + 2 * hidden_size * 4
-    return {"stats": stats, "tokens": tokens, "full": full_b, "persistent": stats + tokens + full_b,
-            "transient": transient}
-
-
-def record_footprint_of(pipe, call: dict | None = None, channels: int = 0, blocks=None, full: int = 0) -> dict:
-    """`record_footprint` for ``pipe`` and a call (default: its native call): blocks, hidden size and
-    token count from its adapter, the dtype from its transformer."""
     ad = get_adapter(pipe)
     kw = dict(call) if call is not None else call_settings(pipe)
     lay = ad.layout_for_call(kw["num_frames"], kw["height"], kw["width"])
-    dt = next(ad.transformers[0].parameters()).dtype
     nb = ad.num_blocks if blocks is None else len(blocks)
-    return record_footprint(nb, ad.hidden_size, lay.num_tokens, kw["num_inference_steps"], channels, full,
-                            dtype_bytes=torch.finfo(dt).bits // 8)
+    return recording_bytes(nb, ad.hidden_size, lay.num_tokens, kw["num_inference_steps"], channels, median_elems)
