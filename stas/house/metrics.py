@@ -85,6 +85,25 @@ def real_clips(prompts, per_prompt: int = 4, num_frames: int | None = None):
     return out
 
 
+def vae_round_trip(pipe, clips, variant: str = "causal") -> list:
+    """``clips`` (each (29, 3, H, W) in [0, 1], world size) after ``pipe.vae``'s encode (posterior
+    mean, as the VAE was trained: `stas.house.train.vae_encode`) and decode, no transformer involved:
+    a list of (F, 3, H, W) float32 CPU clips in [0, 1] (F = 29 causal, 8 uniform: the frames that
+    variant's pipeline returns). The floor of the temporal metrics for any transformer-level method."""
+    import torch
+
+    from .train import vae_encode
+
+    vae, out = pipe.vae, []
+    with torch.no_grad():
+        for c in clips:
+            x = torch.as_tensor(c, dtype=torch.float32).permute(1, 0, 2, 3)[None] * 2 - 1   # (1, 3, F, H, W)
+            x = x.to(vae.device, vae.dtype)
+            rec = vae.decode(vae_encode(vae, x, variant)).sample[0].float().clamp(-1, 1)
+            out.append(((rec + 1) / 2).permute(1, 0, 2, 3).cpu())
+    return out
+
+
 def features(videos) -> np.ndarray:
     """(N, 64) `featnet` features of clips (F, 3, H, W) in [0, 1] (the trained net in ``data/featnet``)."""
     return _featnet.features(videos)
