@@ -363,6 +363,39 @@ def build_methods(pipe, names, num_steps: int, channels=None, temperature=None, 
     return methods, info
 
 
+def target_metric(pipe) -> str:
+    """The seam measure for ``pipe``'s VAE: ``seam_excess``, or ``per_transition`` for temporal factor 1
+    (no within-chunk transition to compare with)."""
+    from .adapters import get_adapter
+
+    return "seam_excess" if get_adapter(pipe).temporal_factor > 1 else "per_transition"
+
+
+def ablation_methods(pipe, call: dict, channels=None, control_seed: int = 0) -> tuple:
+    """``(methods, info)`` of the ablation grid (`stas.ablations.ablation_groups` around the model's
+    STAS defaults on every MA channel); ``info`` keeps the groups, the (family, setting) -> method
+    map and the base config under ``_groups``, ``_where``, ``_base``."""
+    from .ablations import ablation_groups, unique_configs
+    from .adapters import get_adapter
+    from .defaults import ma_channels, stas_config
+
+    ch = ma_channels(pipe, n=3, call=call)
+    ma = list(channels) if channels else all_ma_channels(pipe, call)["ma"]
+    if not ma:
+        raise ValueError("no channel of this model passes the MA criteria; pass --channels to ablate chosen channels")
+    n = call["num_inference_steps"]
+    base = stas_config(pipe, ma, n)
+    ad = get_adapter(pipe)
+    lay = ad.layout_for_call(call["num_frames"], call["height"], call["width"])
+    half = lay.tokens_per_frame // 2     # a boundary may cover at most half a token-frame at each end
+    groups = ablation_groups(base, dict(ch, ma=ma), ad.num_blocks, n, control_seed=control_seed,
+                             boundary_widths=[w for w in (1, 2, 4) if w <= half], boundary_rows=lay.width <= half)
+    methods, where = unique_configs(groups)
+    settings = {f"{g}/{lab}": m for (g, lab), m in where.items()}
+    return methods, dict(channels=ma, weak=ch["weak"], plain=ch["plain"], base=repr(base), settings=settings,
+                         methods={k: repr(v) for k, v in methods.items()}, _groups=groups, _where=where, _base=base)
+
+
 def provenance(pipe) -> dict:
     """What every results row carries: ``commit`` (git HEAD of this checkout, ``+dirty`` with
     uncommitted changes; ``unknown`` outside git), ``weights`` (`stas.study.weights_hash`),
@@ -403,8 +436,12 @@ def run_cli(a) -> dict | None:
     over = {k: v for k, v in dict(num_inference_steps=a.steps, num_frames=a.frames, height=a.size, width=a.size,
                                   guidance_scale=a.guidance).items() if v is not None}
     kw = call_settings(pipe, a.preset, **over)
-    methods, info = build_methods(pipe, names, kw["num_inference_steps"], a.channels, a.temperature,
-                                  a.control_seed, kw)
+    if a.grid == "ablations":
+        methods, info = ablation_methods(pipe, kw, a.channels, a.control_seed)
+        names = list(methods)
+    else:
+        methods, info = build_methods(pipe, names, kw["num_inference_steps"], a.channels, a.temperature,
+                                      a.control_seed, kw)
     e = entry_of(pipe)
     feats_on = not a.no_features and e is not None and e.features is not None
     out = Path(a.out)
@@ -437,9 +474,17 @@ def run_cli(a) -> dict | None:
     info["real_clips"] = len(clips)
     prov = provenance(pipe)
     rows = [dict(r, **prov) for r in rows]
-    summary = summarize_rows(rows, kd)
     meta = dict(model=a.model, prompts=prompts, seeds=seeds, call=kw,
-                processes=state.num_processes, **prov, **info)
+                processes=state.num_processes, **prov, **{k: v for k, v in info.items() if not k.startswith("_")})
+    if a.grid == "ablations":
+        from .ablations import PICK_RULE, ablation_table, pick_defaults
+
+        table = ablation_table(rows, info["_where"], info["_groups"])
+        picks = pick_defaults(table, info["_groups"], info["_base"], target_metric(pipe))
+        meta.update(pick_rule=PICK_RULE, picks=[dict(p, value=repr(p["value"])) for p in picks])
+        summary = table.to_dict("records")
+    else:
+        summary = summarize_rows(rows, kd)
     paths = write_table(rows, out, summary, meta)
     for k, v in paths.items():
         print(f"{k}: {v}")
@@ -455,6 +500,8 @@ def add_cli(sub):
     e.add_argument("--seed0", type=int, default=0)
     e.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list of {','.join(METHOD_NAMES)}")
     e.add_argument("--control-seed", type=int, default=0, help="seed of the controls' random entries")
+    e.add_argument("--grid", default="methods", choices=["methods", "ablations"], help="methods: the --methods "
+                   "list; ablations: every family of stas.ablations.ablation_groups (then --methods is ignored)")
     e.add_argument("--out", default="results/evaluate.csv")
     e.add_argument("--model", default=None, help="a registered name, a diffusers dir or hub id (default $STAS_MODEL "
                    "or house)")

@@ -167,3 +167,29 @@ def test_floor_rows_vae_round_trip_on_house():
     real, floor = rows
     assert abs(real["seam_excess"]) < 1e-3 and floor["seam_excess"] > 10 * abs(real["seam_excess"])
     assert "adherence" in floor and (floor["prompt"], floor["seed"]) == (real["prompt"], real["seed"])
+
+
+def test_ablation_grid_cli_holm_and_picks(tmp_path, monkeypatch):
+    """`--grid ablations`: every family's settings against one paired baseline; Holm within a family;
+    the pick rule records the table row that chose each value (none qualifies at this size)."""
+    import pandas as pd
+
+    from stas.__main__ import main
+    from stas.ablations import DECISIONS, PICK_RULE
+    from stas.statistics import holm
+
+    monkeypatch.setenv("STAS_MODEL", "tiny-random-wan")
+    out = tmp_path / "abl.csv"
+    main(["evaluate", "--grid", "ablations", "--prompts", "house:2", "--seeds", "1", "--out", str(out),
+          "--real-per-prompt", "0", "--steps", "2", "--channels", "3", "5"])
+    doc = json.loads(out.with_suffix(".json").read_text())
+    tab = pd.read_csv(tmp_path / "abl_summary.csv")
+    assert {"CFG branch", "blocks", "boundary", "channel set", "alpha", "K (steps)"} <= set(tab["family"])
+    assert {"control: random positions", "control: random channel", "cond", "uncond", "both", "1 row"} <= set(tab["setting"])
+    fam = tab[(tab["family"] == "channel set") & (tab["metric"] == "flicker")]
+    assert np.allclose(fam["p_holm"], holm(fam["p"].to_numpy()), equal_nan=True)
+    assert (fam["n_prompts"] == 2).all()
+    assert doc["meta"]["pick_rule"] == PICK_RULE and len(doc["meta"]["picks"]) == len(DECISIONS)
+    assert all(p["row"] is None or p["row"] in set(tab["row"]) for p in doc["meta"]["picks"])
+    rows = pd.read_csv(out)
+    assert rows.groupby("method").size().eq(2).all() and {"commit", "weights", "device", "dtype"} <= set(rows)
