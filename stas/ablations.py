@@ -199,3 +199,18 @@ def pick_defaults(table, groups: dict, base: STASConfig, target: str = "seam_exc
             out.append(dict(family=fam, field=fields, value=tuple(getattr(base, f) for f in fields), setting=None,
                             row=None, diff=float("nan")))
     return out
+
+
+def ablation_dict(table) -> dict:
+    """An `ablation_table` as ``{family: {setting: {metric: (diff, lo, hi)}}}`` (for `stas.plots.ablation_grid`)."""
+    out = {}
+    for r in table.itertuples(index=False):
+        out.setdefault(r.family, {}).setdefault(r.setting, {})[r.metric] = (r.diff, r.lo, r.hi)
+    return out
+
+
+def sweep_values(table, family: str) -> dict:
+    """``{setting: numeric value}`` of a sweep family's labels (``α=2`` -> 2.0, ``K=3`` / ``all 4`` -> 3 / 4)."""
+    import re
+
+    return {s: float(re.findall(r"[-+]?\d*\.?\d+", s)[-1]) for s in dict.fromkeys(table[table["family"] == family]["setting"])}

@@ -443,7 +443,8 @@ def run_cli(a) -> dict | None:
         methods, info = build_methods(pipe, names, kw["num_inference_steps"], a.channels, a.temperature,
                                       a.control_seed, kw)
     e = entry_of(pipe)
-    feats_on = not a.no_features and e is not None and e.features is not None
+    feats_on = not a.no_features and e is not None and e.features is not None and a.grid == "methods"
+    prov = provenance(pipe)    # before the run: the code and weights that made the rows
     out = Path(a.out)
     shard = out.with_name(f".{out.stem}.rank{state.process_index}.json")
     with state.split_between_processes(prompts) as mine:
@@ -464,19 +465,33 @@ def run_cli(a) -> dict | None:
         p.unlink()
     order = {p: i for i, p in enumerate(prompts)}
     rows.sort(key=lambda r: (order[r["prompt"]], r["seed"], names.index(r["method"])))
-    clips = e.reference(prompts, a.real_per_prompt, kw["num_frames"]) if e is not None and e.reference \
-        and a.real_per_prompt else []
-    rows += floor_rows(pipe, clips)
+    return finish_table(pipe, rows, feats if feats_on else None, prompts, seeds, kw, info, out, a.model,
+                        a.real_per_prompt, a.grid, state.num_processes, prov)
+
+
+def finish_table(pipe, rows, feats, prompts, seeds, call: dict, info: dict, out, model: str | None = None,
+                 real_per_prompt: int = 4, grid: str = "methods", processes: int = 1, prov: dict | None = None) -> dict:
+    """The single-process end of an evaluation: add the ``real`` / ``vae_floor`` rows of
+    ``real_per_prompt`` reference clips per prompt (`floor_rows`), KID per method when ``feats``
+    (``{method: list of feature vectors}``) are given, the `provenance` columns on every row, the
+    summary (``grid="methods"``: `summarize_rows`; ``"ablations"``: `stas.ablations.ablation_table`
+    and `stas.ablations.pick_defaults` in the meta), and write it all with `write_table` to ``out``.
+    ``prov``: `provenance` taken before the run (default: now). Returns the written paths."""
+    from .registry import entry_of
+
+    e = entry_of(pipe)
+    clips = e.reference(prompts, real_per_prompt, call["num_frames"]) if e is not None and e.reference \
+        and real_per_prompt else []
+    rows = list(rows) + floor_rows(pipe, clips)
     kd = None
-    if feats_on and clips:
-        real = e.features([c for _, _, c in clips])
-        kd = kid_by_method({m: f for m, f in feats.items() if f}, real)
-    info["real_clips"] = len(clips)
-    prov = provenance(pipe)
+    if feats and clips and e.features is not None:
+        kd = kid_by_method({m: f for m, f in feats.items() if len(f)}, e.features([c for _, _, c in clips]))
+    info = dict(info, real_clips=len(clips))
+    prov = prov or provenance(pipe)
     rows = [dict(r, **prov) for r in rows]
-    meta = dict(model=a.model, prompts=prompts, seeds=seeds, call=kw,
-                processes=state.num_processes, **prov, **{k: v for k, v in info.items() if not k.startswith("_")})
-    if a.grid == "ablations":
+    meta = dict(model=model, prompts=list(prompts), seeds=list(seeds), call=call, processes=processes, **prov,
+                **{k: v for k, v in info.items() if not k.startswith("_")})
+    if grid == "ablations":
         from .ablations import PICK_RULE, ablation_table, pick_defaults
 
         table = ablation_table(rows, info["_where"], info["_groups"])
@@ -489,6 +504,13 @@ def run_cli(a) -> dict | None:
     for k, v in paths.items():
         print(f"{k}: {v}")
     return paths
+
+
+def read_table(path) -> tuple:
+    """``(rows, summary, meta)`` of a table `write_table` wrote (its ``.json``); NaN where it stored null."""
+    doc = json.loads(Path(path).with_suffix(".json").read_text())
+    nanify = lambda d: {k: math.nan if v is None else v for k, v in d.items()}  # noqa: E731
+    return [nanify(r) for r in doc["rows"]], [nanify(d) for d in doc["summary"]], doc["meta"]
 
 
 def add_cli(sub):

@@ -242,19 +242,8 @@ def test_flow_validation(moving):
 # ------------------------------------------------------------------------------- object speed
 
 def known_speed_clips(n):
-    """House-world clips with one moving object (others still, never occluded below 90 %):
-    (video, true mean speed in px/frame from the world's own trajectory)."""
-    from stas.house import world
-    out = []
-    for seed in range(400):
-        v, _, gt = world.sample_clip(seed)
-        movers = [o for o in gt["objects"] if o["motion"] != "still"]
-        if len(movers) == 1 and min(min(o["visibility"]) for o in gt["objects"]) > 0.9:
-            p = np.array(movers[0]["position"])
-            out.append((v, float(np.linalg.norm(np.diff(p, axis=0), axis=1).mean())))
-        if len(out) == n:
-            return out
-    raise AssertionError("not enough single-mover clips")
+    from stas.house.metrics import known_speed_clips as clips
+    return clips(n)
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,23 @@ def vae_round_trip(pipe, clips, variant: str = "causal") -> list:
     return out
 
 
+def known_speed_clips(n: int, max_seed: int = 400) -> list:
+    """World clips with one moving object (the others still, never occluded below 90 %) and that
+    object's true mean speed from the world's own trajectory: ``[(video (29, 3, 128, 128), px/frame)]``,
+    the inputs with a known answer of `stas.metrics.validation_table`. Raises ``ValueError`` when
+    seeds 0..max_seed-1 hold fewer than ``n``."""
+    out = []
+    for seed in range(max_seed):
+        v, _, gt = world.sample_clip(seed)
+        movers = [o for o in gt["objects"] if o["motion"] != "still"]
+        if len(movers) == 1 and min(min(o["visibility"]) for o in gt["objects"]) > 0.9:
+            p = np.array(movers[0]["position"])
+            out.append((v, float(np.linalg.norm(np.diff(p, axis=0), axis=1).mean())))
+        if len(out) == n:
+            return out
+    raise ValueError(f"only {len(out)} single-mover clips in seeds 0..{max_seed - 1}, asked for {n}")
+
+
 def features(videos) -> np.ndarray:
     """(N, 64) `featnet` features of clips (F, 3, H, W) in [0, 1] (the trained net in ``data/featnet``)."""
     return _featnet.features(videos)
