@@ -371,10 +371,11 @@ def target_metric(pipe) -> str:
     return "seam_excess" if get_adapter(pipe).temporal_factor > 1 else "per_transition"
 
 
-def ablation_methods(pipe, call: dict, channels=None, control_seed: int = 0) -> tuple:
+def ablation_methods(pipe, call: dict, channels=None, control_seed: int = 0, families=None) -> tuple:
     """``(methods, info)`` of the ablation grid (`stas.ablations.ablation_groups` around the model's
-    STAS defaults on every MA channel); ``info`` keeps the groups, the (family, setting) -> method
-    map and the base config under ``_groups``, ``_where``, ``_base``."""
+    STAS defaults on every MA channel; ``families``: a subset of its family names, default all);
+    ``info`` keeps the groups, the (family, setting) -> method map and the base config under
+    ``_groups``, ``_where``, ``_base``. Raises ``ValueError`` for an unknown family."""
     from .ablations import ablation_groups, unique_configs
     from .adapters import get_adapter
     from .defaults import ma_channels, stas_config
@@ -390,6 +391,11 @@ def ablation_methods(pipe, call: dict, channels=None, control_seed: int = 0) -> 
     half = lay.tokens_per_frame // 2     # a boundary may cover at most half a token-frame at each end
     groups = ablation_groups(base, dict(ch, ma=ma), ad.num_blocks, n, control_seed=control_seed,
                              boundary_widths=[w for w in (1, 2, 4) if w <= half], boundary_rows=lay.width <= half)
+    if families:
+        bad = [f for f in families if f not in groups]
+        if bad:
+            raise ValueError(f"unknown ablation families {bad}; choose from {list(groups)}")
+        groups = {f: groups[f] for f in families}
     methods, where = unique_configs(groups)
     settings = {f"{g}/{lab}": m for (g, lab), m in where.items()}
     return methods, dict(channels=ma, weak=ch["weak"], plain=ch["plain"], base=repr(base), settings=settings,
@@ -437,7 +443,8 @@ def run_cli(a) -> dict | None:
                                   guidance_scale=a.guidance).items() if v is not None}
     kw = call_settings(pipe, a.preset, **over)
     if a.grid == "ablations":
-        methods, info = ablation_methods(pipe, kw, a.channels, a.control_seed)
+        methods, info = ablation_methods(pipe, kw, a.channels, a.control_seed,
+                                         [f.strip() for f in a.families.split(",")] if a.families else None)
         names = list(methods)
     else:
         methods, info = build_methods(pipe, names, kw["num_inference_steps"], a.channels, a.temperature,
@@ -522,6 +529,7 @@ def add_cli(sub):
     e.add_argument("--seed0", type=int, default=0)
     e.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list of {','.join(METHOD_NAMES)}")
     e.add_argument("--control-seed", type=int, default=0, help="seed of the controls' random entries")
+    e.add_argument("--families", default=None, help="--grid ablations: comma list of families (default all)")
     e.add_argument("--grid", default="methods", choices=["methods", "ablations"], help="methods: the --methods "
                    "list; ablations: every family of stas.ablations.ablation_groups (then --methods is ignored)")
     e.add_argument("--out", default="results/evaluate.csv")
