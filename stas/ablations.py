@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .evaluate import evaluate, paired
+from .evaluate import MIN_PROMPTS_FOR_CI, evaluate, paired
 from .statistics import holm, paired_bootstrap_ci
 from .steer import STASConfig
 
@@ -139,7 +139,7 @@ def run_ablations(pipe, prompts, seeds, groups: dict, call: dict | None = None, 
 def ablation_table(rows, where: dict, groups: dict, metrics_=ABLATION_METRICS, seed: int = 0):
     """Long pandas table, one row per (family, setting, metric): the paired difference to the
     baseline (``diff``, ``lo``, ``hi``, ``p``: `stas.statistics.paired_bootstrap_ci` resampling
-    prompts), ``p_holm`` (Holm across the settings of that family, per metric), ``n`` pairs,
+    prompts; NaN with fewer than ``MIN_PROMPTS_FOR_CI`` prompts), ``p_holm`` (Holm across the settings of that family, per metric), ``n`` pairs,
     ``n_prompts``, ``method`` (the row key in ``rows``), ``row`` (a stable id ``family/setting/metric``)."""
     import pandas as pd
 
@@ -149,7 +149,7 @@ def ablation_table(rows, where: dict, groups: dict, metrics_=ABLATION_METRICS, s
             fam = []
             for lab in d:
                 a, b, grp = paired(rows, k, where[(g, lab)], groups=True)
-                ci = paired_bootstrap_ci(a, b, grp, seed=seed)
+                ci = paired_bootstrap_ci(a, b, grp, seed=seed, min_groups=MIN_PROMPTS_FOR_CI)
                 fam.append(dict(family=g, setting=lab, metric=k, method=where[(g, lab)], diff=ci["mean_diff"],
                                 lo=ci["lo"], hi=ci["hi"], p=ci["p"], n=ci["n"], n_prompts=ci["n_groups"],
                                 row=f"{g}/{lab}/{k}"))

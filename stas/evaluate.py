@@ -46,6 +46,9 @@ TEMPORAL_METRICS = ("first", "seam_mean", "within_mean", "seam_excess", "per_tra
 SUMMARY_METRICS = TEMPORAL_METRICS + ("adherence", "colour_ok", "persist_ok", "shape_acc", "motion_acc", "traj_jerk",
                                       "size_cv", "seconds")
 REFERENCE_METHODS = ("real", "vae_floor")   # unpaired reference rows
+# Fewer prompts give no CI and no p: a prompt bootstrap over 2-5 prompts has too few distinct replicates
+# (2 prompts of one sign: p = 0). Tables of CI-size runs then show differences without stars.
+MIN_PROMPTS_FOR_CI = 6
 # direction of "better" per metric, for tables (None: no direction; object_speed is the dynamic degree)
 BETTER = {"first": "lower", "seam_mean": "lower", "within_mean": None, "seam_excess": "lower", "per_transition": None,
           "flicker": "lower", "flicker_score": "higher", "warp_error": "lower", "object_speed": None,
@@ -203,7 +206,8 @@ def paired(rows, metric: str, method: str, baseline: str = "baseline", groups: b
 def summarize_rows(rows, kid: dict | None = None, baseline: str = "baseline", metrics_=SUMMARY_METRICS,
                    seed: int = 0) -> list:
     """One dict per (method, metric): mean, sem, n, and the paired difference to ``baseline``
-    (``diff``, ``lo``, ``hi``, ``p``: `stas.statistics.paired_bootstrap_ci` resampling prompts;
+    (``diff``, ``lo``, ``hi``, ``p``: `stas.statistics.paired_bootstrap_ci` resampling prompts, NaN
+    with fewer than ``MIN_PROMPTS_FOR_CI`` prompts;
     ``p_holm``: Holm-adjusted across the methods compared on that metric; NaN for the baseline and
     the unpaired reference rows). KID (`kid_by_method`) is added as metric ``kid`` with its CI in
     ``lo``/``hi`` (not a difference) when given."""
@@ -222,7 +226,7 @@ def summarize_rows(rows, kid: dict | None = None, baseline: str = "baseline", me
                      p_holm=nan, n_prompts=nan, better=BETTER.get(k))
             if m != baseline and m not in REFERENCE_METHODS and has_base:
                 a, b, g = paired(rows, k, m, baseline, groups=True)
-                ci = paired_bootstrap_ci(a, b, g, seed=seed)
+                ci = paired_bootstrap_ci(a, b, g, seed=seed, min_groups=MIN_PROMPTS_FOR_CI)
                 d.update(diff=ci["mean_diff"], lo=ci["lo"], hi=ci["hi"], p=ci["p"], n_prompts=ci["n_groups"])
             out.append(d)
         if kid and m in kid:
