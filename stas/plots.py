@@ -624,3 +624,40 @@ def sweep_lines(table, family: str, metrics, x=None, xlabel: str | None = None, 
 
 
 __all__ += ["difference_map", "sweep_lines"]
+
+
+def seam_profile_floor(profiles: dict, temporal_factor: int = 4, references=("real", "vae_floor"),
+                       reference: str = "baseline", title: str | None = None, ylabel: str = "mean |frame change|"):
+    """Per-transition frame change of each method (``{name: (F-1,) mean over clips}``, e.g.
+    `stas.evaluate.seam_table`) with the reference rows drawn dashed in grey — ``vae_floor`` (real
+    clips after the VAE round trip: the floor a transformer-level method can reach) and ``real`` —
+    transitions that cross latent frames shaded; lower panel: each method minus ``reference``."""
+    refs = {k: v for k, v in profiles.items() if k in references}
+    meths = {k: v for k, v in profiles.items() if k not in references}
+    with style():
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5.6, 4.4), sharex=True, gridspec_kw={"height_ratios": [2, 1.2]})
+        n = len(next(iter(profiles.values())))
+        x = np.arange(n)
+        for a in (ax, ax2):
+            for i in x[crosses_latent_frames(n + 1, temporal_factor).numpy()]:
+                a.axvspan(i - 0.45, i + 0.45, color="#7570b3", alpha=0.12, lw=0)
+        for j, (m, v) in enumerate(meths.items()):
+            ax.plot(x, _np(v), "o-", ms=2.5, lw=1, color=_method_color(m, j), label=m)
+            if reference in meths and m != reference:
+                ax2.plot(x, _np(v) - _np(meths[reference]), "o-", ms=2.5, lw=1, color=_method_color(m, j))
+        for (m, v), ls in zip(refs.items(), ("--", ":")):
+            ax.plot(x, _np(v), ls, color="0.35" if m == "vae_floor" else "0.6", lw=1.4,
+                    label="VAE round trip of real clips (floor)" if m == "vae_floor" else "real clips")
+        ax2.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel(ylabel)
+        ax2.set_ylabel(f"minus {reference}")
+        ax2.set_xlabel("transition i -> i+1 (shaded: crosses latent frames)")
+        ax.set_title(title or "where frame changes happen")
+        fig.tight_layout()
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, -0.01))
+        fig.subplots_adjust(bottom=0.24)
+    return fig
+
+
+__all__ += ["seam_profile_floor"]
