@@ -15,18 +15,17 @@ entries, the same size, so size no longer confounds the comparison (the rule alo
 channel in proportion to its own max, tiny for a plain channel).
 
 Pure functions on one sample's ``(L, D)`` block output; all arithmetic in float32, the result in
-``h``'s dtype and device.
+``h``'s dtype and device. The steering hook applies the same rule on the device, per sample and CFG
+branch, with ``STASConfig(control=..., control_seed=...)`` (same draw for the same seed).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .steer import steer_values
+from .steer import CONTROLS, draw_control, steer_values
 
 __all__ = ["CONTROLS", "stas_edit", "matched_random_edit"]
-
-CONTROLS = ("random_positions", "random_channel")
 
 
 def _check(h: torch.Tensor, positions, channels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,18 +112,11 @@ def matched_random_edit(h: torch.Tensor, positions, channels, alpha: float = 1.0
     size = (_rule(h32, pos, chan, float(alpha)) - h32[pos][:, chan]).norm()
     if size == 0:
         raise ValueError("STAS does not change this h (its entries already sit at the rule's values)")
-    g = torch.Generator().manual_seed(int(seed))
+    drawn = draw_control(control, L, pos.numel(), D, chan, seed).to(h.device)
     if control == "random_positions":
-        if pos.numel() > L:
-            raise ValueError(f"cannot draw {pos.numel()} of {L} tokens")
-        pos = torch.randperm(L, generator=g)[:pos.numel()].to(h.device)
+        pos = drawn
     else:
-        keep = torch.ones(D, dtype=torch.bool)
-        keep[chan.cpu()] = False
-        others = keep.nonzero().flatten()
-        if others.numel() < chan.numel():
-            raise ValueError(f"only {others.numel()} non-MA channels to draw {chan.numel()} from")
-        chan = others[torch.randperm(others.numel(), generator=g)[:chan.numel()]].to(h.device)
+        chan = drawn
     delta = _rule(h32, pos, chan, float(alpha)) - h32[pos][:, chan]
     norm = delta.norm()
     if norm == 0:

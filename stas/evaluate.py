@@ -1,25 +1,32 @@
 """Evaluation: prompts x seeds x methods, paired by seed, the metric functions you choose, one table.
 
     rows, extra = evaluate(pipe, prompts, seeds, methods={"baseline": None, "stas": cfg, "enhance": ecfg})
-    summary = summarize_rows(rows, frechet)        # means, paired CIs vs baseline, Fréchet distances
-    summary_frame(summary)                         # the same as a pandas table
+    summary = summarize_rows(rows, kid_by_method(extra["features"], real))   # means, bootstrap CIs, Holm, KID
+    summary_frame(summary)                                                   # the same as a pandas table
 
-    python -m stas evaluate --prompts FILE --seeds 4 --methods baseline,stas,enhance --out results.csv
+    python -m stas evaluate --prompts house:32 --seeds 2 --out results/evaluate.csv
     accelerate launch --num_processes 4 -m stas evaluate ...   # prompts sharded over 4 GPUs
     torchrun --nproc_per_node 2 -m stas evaluate ...           # or CPU processes (gloo)
 
-A method is ``None`` (the stock pipeline), a `stas.STASConfig` (`stas.steer`), a
-`stas.enhance_a_video.EnhanceConfig` (`stas.enhance`), or any callable ``pipe -> context manager``.
-Every (prompt, seed) runs every method from the same noise, so differences are paired.
+A method is ``None`` (the stock pipeline), a `stas.STASConfig` (`stas.steer`; with ``control=`` the
+matched-size null controls), a `stas.enhance_a_video.EnhanceConfig` (`stas.enhance`), or any
+callable ``pipe -> context manager``. Every (prompt, seed) runs every method from the same noise, so
+differences are paired.
 
-Per clip (one row): generation seconds; the temporal metrics of `stas.metrics` that apply to every
-model — flicker (VBench MAD), chunk-seam jump (seam / within-chunk change) with its seam and within
-means and the per-transition changes ``d_00 .. d_{F-2}`` (chunks from the adapter's true temporal
-factor), flow-warp error and motion magnitude (Farnebäck) — and the columns of every extra metric
-function ``fn(video, prompt) -> dict`` passed in ``metrics``. By default these are the ones the model
-registered (`stas.registry`; the house model: house-world ground truth, NaN on prompts outside its
-world); a model with none gets none. Per method, when a feature extractor is given (default: the
-model's registered one), the Fréchet distance of its clips' features to reference clips.
+Per clip (one row): generation seconds; the validated temporal metrics of `stas.metrics` (chunks from
+the adapter's true temporal factor) — ``first`` (the 0 → 1 first-frame transition, on its own),
+``seam_mean``, ``within_mean``, ``seam_excess`` (seam − within change; NaN for temporal factor 1),
+``per_transition`` (mean change over transitions 1.., the measure for temporal factor 1), ``flicker``
+(MAD), ``flicker_score`` (VBench, NaN for a moving clip), ``warp_error`` (flow-warp error),
+``object_speed`` (px/frame of the moving objects) and the per-transition changes ``d_00 ..
+d_{F-2}`` — and the columns of every extra metric function ``fn(video, prompt) -> dict`` passed in
+``metrics``. By default these are the ones the model registered (`stas.registry`; the house model:
+house-world ground truth, NaN on prompts outside its world); a model with none gets none.
+Reference rows: ``real`` (ground-truth clips) and ``vae_floor`` (the same clips after the model's
+VAE round trip: the floor any transformer-level method can reach), unpaired. Per method, when a
+feature extractor is given (default: the model's registered one), KID to the real clips with a CI
+(`stas.statistics.kid`). Differences to the baseline: paired bootstrap CIs resampling prompts
+(`stas.statistics.paired_bootstrap_ci`), Holm-adjusted across the methods of each metric.
 """
 
 from __future__ import annotations
@@ -34,13 +41,19 @@ import numpy as np
 
 from . import metrics
 
-TEMPORAL_METRICS = ("flicker", "seam_jump", "seam_mean", "within_mean", "warp_error", "motion")
+TEMPORAL_METRICS = ("first", "seam_mean", "within_mean", "seam_excess", "per_transition", "flicker", "flicker_score",
+                    "warp_error", "object_speed")
 SUMMARY_METRICS = TEMPORAL_METRICS + ("adherence", "colour_ok", "persist_ok", "shape_acc", "motion_acc", "traj_jerk",
                                       "size_cv", "seconds")
-# direction of "better" per metric, for tables (None: no direction; motion is the dynamic degree)
-BETTER = {"flicker": "lower", "seam_jump": "lower", "seam_mean": "lower", "within_mean": None, "warp_error": "lower",
-          "motion": None, "adherence": "higher", "colour_ok": "higher", "persist_ok": "higher", "shape_acc": "higher",
-          "motion_acc": "higher", "traj_jerk": "lower", "size_cv": "lower", "seconds": "lower", "frechet": "lower"}
+REFERENCE_METHODS = ("real", "vae_floor")   # unpaired reference rows
+# Fewer prompts give no CI and no p: a prompt bootstrap over 2-5 prompts has too few distinct replicates
+# (2 prompts of one sign: p = 0). Tables of CI-size runs then show differences without stars.
+MIN_PROMPTS_FOR_CI = 6
+# direction of "better" per metric, for tables (None: no direction; object_speed is the dynamic degree)
+BETTER = {"first": "lower", "seam_mean": "lower", "within_mean": None, "seam_excess": "lower", "per_transition": None,
+          "flicker": "lower", "flicker_score": "higher", "warp_error": "lower", "object_speed": None,
+          "adherence": "higher", "colour_ok": "higher", "persist_ok": "higher", "shape_acc": "higher",
+          "motion_acc": "higher", "traj_jerk": "lower", "size_cv": "lower", "seconds": "lower", "kid": "lower"}
 
 
 def method_context(pipe, method):
@@ -74,9 +87,9 @@ def clip_metrics(video, prompt: str | None = None, temporal_factor: int = 4, met
     v = metrics.as_video(video)
     prof = metrics.seam_profile(v, temporal_factor, strict=False)
     flows = metrics.optical_flow(v)
-    row = dict(flicker=metrics.flicker(v), seam_jump=prof["seam_jump"], seam_mean=prof["seam_mean"],
-               within_mean=prof["within_mean"], warp_error=metrics.flow_warp_error(v, flows),
-               motion=metrics.motion_magnitude(v, flows))
+    row = {k: prof[k] for k in ("first", "seam_mean", "within_mean", "seam_excess", "per_transition")}
+    row.update(flicker=metrics.flicker(v), flicker_score=metrics.flicker_score(v, flows=flows),
+               warp_error=metrics.flow_warp_error(v, flows), object_speed=metrics.object_speed(v, flows))
     for fn in (metrics_ or {}).values():
         row.update(fn(v, prompt))
     row.update({f"d_{i:02d}": float(d) for i, d in enumerate(prof["diffs"])})
@@ -139,63 +152,98 @@ def evaluate(pipe, prompts, seeds, methods: dict, call: dict | None = None, metr
     return rows, extra
 
 
-def reference_rows(clips, temporal_factor: int = 4, metrics_: dict | None = None) -> list:
-    """`clip_metrics` rows (method ``real``) of reference clips ``[(prompt, seed, clip)]`` (e.g. a
-    registered model's ``reference``): what the metrics give on ground-truth video (not paired)."""
-    return [dict(prompt=p, seed=s, method="real", seconds=float("nan"), **clip_metrics(c, p, temporal_factor, metrics_))
+def reference_rows(clips, temporal_factor: int = 4, metrics_: dict | None = None, method: str = "real") -> list:
+    """`clip_metrics` rows (``method``, default ``real``) of reference clips ``[(prompt, seed, clip)]``
+    (e.g. a registered model's ``reference``): what the metrics give on ground-truth video (not paired)."""
+    return [dict(prompt=p, seed=s, method=method, seconds=float("nan"), **clip_metrics(c, p, temporal_factor, metrics_))
             for p, s, c in clips]
 
 
-def frechet_by_method(feats: dict, real: np.ndarray) -> dict:
-    """``{method: {"frechet", "n"}}``: Fréchet distance of each method's clip features to ``real``
-    (NaN with fewer than 2 clips)."""
+def floor_rows(pipe, clips, metrics_: dict | None = None) -> list:
+    """Rows ``real`` and ``vae_floor`` for reference clips ``[(prompt, seed, clip)]``: the clips and
+    the same clips after the VAE round trip the model registered (`stas.registry.ModelEntry.round_trip`;
+    only ``real`` when it registered none), with the adapter's temporal factor."""
+    from .adapters import get_adapter
+    from .registry import entry_of
+
+    tf = get_adapter(pipe).temporal_factor
+    e = entry_of(pipe)
+    mets = default_metrics(pipe) if metrics_ is None else metrics_
+    rows = []
+    if e is not None and e.round_trip is not None and clips:
+        rec = e.round_trip(pipe, [c for _, _, c in clips])
+        rows += reference_rows([(p, s, r) for (p, s, _), r in zip(clips, rec)], tf, mets, "vae_floor")
+    return reference_rows(clips, tf, mets, "real") + rows
+
+
+def kid_by_method(feats: dict, real) -> dict:
+    """``{method: stas.statistics.kid(...)}``: KID of each method's clip features ``(N, D)`` to
+    ``real`` ``(M, D)`` with its CI; NaN entries where either set has fewer than 3 clips."""
+    from .statistics import kid
+
+    nan = float("nan")
     out = {}
     for m, f in feats.items():
-        ok = len(f) >= 2 and len(real) >= 2
-        out[m] = dict(frechet=metrics.frechet_distance(f, real) if ok else float("nan"), n=int(len(f)))
+        f = np.asarray(f, float).reshape(len(f), -1)
+        ok = len(f) >= 3 and len(real) >= 3
+        out[m] = kid(f, real) if ok else dict(kid=nan, se=nan, lo=nan, hi=nan, m=int(len(f)), n=int(len(real)))
     return out
 
 
 # ------------------------------------------------------------------------------------ summaries
-def paired(rows, metric: str, method: str, baseline: str = "baseline"):
-    """(method values, baseline values) paired by (prompt, seed)."""
+def paired(rows, metric: str, method: str, baseline: str = "baseline", groups: bool = False):
+    """(method values, baseline values) paired by (prompt, seed); with ``groups`` also their prompts."""
     base = {(r["prompt"], r["seed"]): r.get(metric, math.nan) for r in rows if r["method"] == baseline}
-    a, b = [], []
+    a, b, g = [], [], []
     for r in rows:
         if r["method"] == method and (r["prompt"], r["seed"]) in base:
             a.append(r.get(metric, math.nan))
             b.append(base[(r["prompt"], r["seed"])])
-    return np.array(a, float), np.array(b, float)
+            g.append(r["prompt"])
+    return (np.array(a, float), np.array(b, float)) + ((g,) if groups else ())
 
 
-def summarize_rows(rows, frechet: dict | None = None, baseline: str = "baseline", metrics_=SUMMARY_METRICS) -> list:
+def summarize_rows(rows, kid: dict | None = None, baseline: str = "baseline", metrics_=SUMMARY_METRICS,
+                   seed: int = 0) -> list:
     """One dict per (method, metric): mean, sem, n, and the paired difference to ``baseline``
-    (``diff``, ``lo``, ``hi``, ``p``; NaN for the baseline itself). Fréchet distances (one number per
-    method, no CI) are added as metric ``frechet`` when given."""
+    (``diff``, ``lo``, ``hi``, ``p``: `stas.statistics.paired_bootstrap_ci` resampling prompts, NaN
+    with fewer than ``MIN_PROMPTS_FOR_CI`` prompts;
+    ``p_holm``: Holm-adjusted across the methods compared on that metric; NaN for the baseline and
+    the unpaired reference rows). KID (`kid_by_method`) is added as metric ``kid`` with its CI in
+    ``lo``/``hi`` (not a difference) when given."""
+    from .statistics import holm, paired_bootstrap_ci
+
+    nan = math.nan
     methods = list(dict.fromkeys(r["method"] for r in rows))
     metrics_ = [k for k in metrics_ if any(k in r for r in rows)]   # metrics that were computed
+    has_base = any(r["method"] == baseline for r in rows)
     out = []
     for m in methods:
         for k in metrics_:
             vals = [r[k] for r in rows if r["method"] == m and k in r]
             s = metrics.summarize({k: vals})[k]
-            d = dict(method=m, metric=k, mean=s["mean"], sem=s["sem"], n=s["n"], diff=math.nan, lo=math.nan,
-                     hi=math.nan, p=math.nan, better=BETTER.get(k))
-            if m != baseline and any(r["method"] == baseline for r in rows):
-                ci = metrics.paired_ci(*paired(rows, k, m, baseline))
-                d.update(diff=ci["mean_diff"], lo=ci["lo"], hi=ci["hi"], p=ci["p"])
+            d = dict(method=m, metric=k, mean=s["mean"], sem=s["sem"], n=s["n"], diff=nan, lo=nan, hi=nan, p=nan,
+                     p_holm=nan, n_prompts=nan, better=BETTER.get(k))
+            if m != baseline and m not in REFERENCE_METHODS and has_base:
+                a, b, g = paired(rows, k, m, baseline, groups=True)
+                ci = paired_bootstrap_ci(a, b, g, seed=seed, min_groups=MIN_PROMPTS_FOR_CI)
+                d.update(diff=ci["mean_diff"], lo=ci["lo"], hi=ci["hi"], p=ci["p"], n_prompts=ci["n_groups"])
             out.append(d)
-        if frechet and m in frechet:
-            out.append(dict(method=m, metric="frechet", mean=frechet[m]["frechet"], sem=math.nan, n=frechet[m]["n"],
-                            diff=frechet[m]["frechet"] - frechet.get(baseline, {}).get("frechet", math.nan)
-                            if m != baseline else math.nan, lo=math.nan, hi=math.nan, p=math.nan, better="lower"))
+        if kid and m in kid:
+            v = kid[m]
+            out.append(dict(method=m, metric="kid", mean=v["kid"], sem=v["se"], n=v["m"], diff=nan, lo=v["lo"],
+                            hi=v["hi"], p=nan, p_holm=nan, n_prompts=nan, better="lower"))
+    for k in metrics_:   # Holm: one family per metric (the methods compared with the baseline on it)
+        fam = [d for d in out if d["metric"] == k and np.isfinite(d["p"])]
+        for d, q in zip(fam, holm([d["p"] for d in fam])):
+            d["p_holm"] = float(q)
     return out
 
 
 def summary_frame(summary, baseline: str = "baseline"):
     """`summarize_rows` output as a pandas table: one row per metric, per method ``mean ± sem (n)`` and,
-    for every other method, the paired difference to ``baseline`` with its 95 % CI (``*`` where the
-    CI excludes 0)."""
+    for every other method, the paired difference to ``baseline`` with its 95 % prompt-bootstrap CI
+    (``*`` where the Holm-adjusted p < 0.05)."""
     import pandas as pd
 
     df = pd.DataFrame(summary)
@@ -205,9 +253,9 @@ def summary_frame(summary, baseline: str = "baseline"):
     cell = df["mean"].map(fmt) + df["sem"].map(lambda x: "" if not np.isfinite(x) else f" ± {x:.2g}") \
         + " (n=" + df["n"].astype(str) + ")"
     out = df.assign(cell=cell).pivot(index="metric", columns="method", values="cell")
-    for m in [m for m in df["method"].unique() if m != baseline]:
-        d = df[df["method"] == m].set_index("metric")
-        star = ((d["lo"] > 0) | (d["hi"] < 0)).map({True: "*", False: ""})
+    for m in [m for m in df["method"].unique() if m != baseline and m not in REFERENCE_METHODS]:
+        d = df[(df["method"] == m) & (df["metric"] != "kid")].set_index("metric")
+        star = (d["p_holm"] < 0.05).map({True: "*", False: ""})
         ci = d.apply(lambda r: f"{r['diff']:+.3g}" + (f" [{r['lo']:+.3g}, {r['hi']:+.3g}]" if np.isfinite(r["lo"]) else "")
                      if np.isfinite(r["diff"]) else "", axis=1)
         out[f"Δ {m} [95% CI]"] = ci + star
@@ -219,8 +267,9 @@ def seam_table(rows) -> dict:
     """``{method: (T,) mean per-transition change}`` over that method's clips (for the seam plot)."""
     out = {}
     for m in dict.fromkeys(r["method"] for r in rows):
-        keys = sorted(k for k in rows[0] if k.startswith("d_"))
-        out[m] = np.array([[r[k] for k in keys] for r in rows if r["method"] == m]).mean(0)
+        mine = [r for r in rows if r["method"] == m]
+        keys = sorted(k for k in mine[0] if k.startswith("d_"))
+        out[m] = np.array([[r[k] for k in keys] for r in mine]).mean(0)
     return out
 
 
@@ -266,19 +315,42 @@ def default_prompts(prompts, n: int) -> list:
     return list(prompts[:n])
 
 
-def build_methods(pipe, names, num_steps: int, channels=None, temperature=None) -> tuple:
-    """``({name: method}, info)`` for CLI method names baseline / stas / zero / enhance, with the
-    defaults of `stas.defaults` (MA channels measured on the model unless given)."""
-    from .defaults import ENHANCE, ma_channels, stas_config
+METHOD_NAMES = ("baseline", "stas", "zero", "control_positions", "control_channel", "enhance")
+DEFAULT_METHODS = "baseline,stas,control_positions,control_channel,enhance"
+
+
+def all_ma_channels(pipe, call: dict | None = None, prompt: str = "a red square moves left") -> dict:
+    """Every channel `stas.find_massive` reports on one recorded clip (not only the top few):
+    ``{"ma": [channels], "peak/median": {channel: ratio}}``; ``ma`` is empty when none passes."""
+    from .massive import find_massive
+    from .study import record_blocks
+
+    rep = find_massive(record_blocks(pipe, [prompt], [0], call=call))
+    return {"ma": [int(c) for c in rep.channels],
+            "peak/median": {int(c): round(rep.channel_summary(int(c))["peak/median"], 2) for c in rep.channels}}
+
+
+def build_methods(pipe, names, num_steps: int, channels=None, temperature=None, control_seed: int = 0,
+                  call: dict | None = None) -> tuple:
+    """``({name: method}, info)`` for the CLI method names of ``METHOD_NAMES``: baseline, stas (on
+    every MA channel `all_ma_channels` measures, unless ``channels`` are given), zero, the two
+    matched-size null controls of STAS (``control_positions``: random tokens of the MA channels;
+    ``control_channel``: STAS's tokens of random non-MA channels; `stas.STASConfig.control`) and
+    enhance (the Enhance-A-Video peer), with the defaults of `stas.defaults`. Raises ``ValueError``
+    for an unknown name, or when no channel passes the MA criteria and none are given."""
+    from .defaults import ENHANCE, stas_config
     from .enhance_a_video import EnhanceConfig
 
+    bad = [n for n in names if n not in METHOD_NAMES]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHOD_NAMES)}")
     info = {}
-    if any(n in ("stas", "zero") for n in names) and channels is None:
-        ch = ma_channels(pipe)
-        if ch["fallback"]:
-            raise ValueError(f"no channel of this model passes the MA criteria (top channels by peak/median: "
-                             f"{ch['top']}); pass --channels to steer chosen channels")
+    if any(n not in ("baseline", "enhance") for n in names) and channels is None:
+        ch = all_ma_channels(pipe, call)
+        if not ch["ma"]:
+            raise ValueError("no channel of this model passes the MA criteria; pass --channels to steer chosen channels")
         channels, info["channels"] = ch["ma"], ch
+    controls = {"control_positions": "random_positions", "control_channel": "random_channel"}
     methods = {}
     for n in names:
         if n == "baseline":
@@ -287,12 +359,74 @@ def build_methods(pipe, names, num_steps: int, channels=None, temperature=None) 
             methods[n] = stas_config(pipe, channels, num_steps)
         elif n == "zero":
             methods[n] = stas_config(pipe, channels, num_steps, mode="zero")
-        elif n == "enhance":
-            methods[n] = EnhanceConfig(**dict(ENHANCE, **({} if temperature is None else {"temperature": temperature})))
+        elif n in controls:
+            methods[n] = stas_config(pipe, channels, num_steps, control=controls[n], control_seed=control_seed)
         else:
-            raise ValueError(f"unknown method {n!r}; choose from baseline, stas, zero, enhance")
+            methods[n] = EnhanceConfig(**dict(ENHANCE, **({} if temperature is None else {"temperature": temperature})))
     info["methods"] = {k: repr(v) for k, v in methods.items()}
     return methods, info
+
+
+def target_metric(pipe) -> str:
+    """The seam measure for ``pipe``'s VAE: ``seam_excess``, or ``per_transition`` for temporal factor 1
+    (no within-chunk transition to compare with)."""
+    from .adapters import get_adapter
+
+    return "seam_excess" if get_adapter(pipe).temporal_factor > 1 else "per_transition"
+
+
+def ablation_methods(pipe, call: dict, channels=None, control_seed: int = 0, families=None) -> tuple:
+    """``(methods, info)`` of the ablation grid (`stas.ablations.ablation_groups` around the model's
+    STAS defaults on every MA channel; ``families``: a subset of its family names, default all);
+    ``info`` keeps the groups, the (family, setting) -> method map and the base config under
+    ``_groups``, ``_where``, ``_base``. Raises ``ValueError`` for an unknown family."""
+    from .ablations import ablation_groups, unique_configs
+    from .adapters import get_adapter
+    from .defaults import ma_channels, stas_config
+
+    ch = ma_channels(pipe, n=3, call=call)
+    ma = list(channels) if channels else all_ma_channels(pipe, call)["ma"]
+    if not ma:
+        raise ValueError("no channel of this model passes the MA criteria; pass --channels to ablate chosen channels")
+    n = call["num_inference_steps"]
+    base = stas_config(pipe, ma, n)
+    ad = get_adapter(pipe)
+    lay = ad.layout_for_call(call["num_frames"], call["height"], call["width"])
+    half = lay.tokens_per_frame // 2     # a boundary may cover at most half a token-frame at each end
+    groups = ablation_groups(base, dict(ch, ma=ma), ad.num_blocks, n, control_seed=control_seed,
+                             boundary_widths=[w for w in (1, 2, 4) if w <= half], boundary_rows=lay.width <= half)
+    if families:
+        bad = [f for f in families if f not in groups]
+        if bad:
+            raise ValueError(f"unknown ablation families {bad}; choose from {list(groups)}")
+        groups = {f: groups[f] for f in families}
+    methods, where = unique_configs(groups)
+    settings = {f"{g}/{lab}": m for (g, lab), m in where.items()}
+    return methods, dict(channels=ma, weak=ch["weak"], plain=ch["plain"], base=repr(base), settings=settings,
+                         methods={k: repr(v) for k, v in methods.items()}, _groups=groups, _where=where, _base=base)
+
+
+def provenance(pipe) -> dict:
+    """What every results row carries: ``commit`` (git HEAD of this checkout, ``+dirty`` with
+    uncommitted changes; ``unknown`` outside git), ``weights`` (`stas.study.weights_hash`),
+    ``device`` and ``dtype`` of the transformer."""
+    import subprocess
+
+    from .adapters import get_adapter
+    from .study import weights_hash
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    t = get_adapter(pipe).transformers[0]
+    p = next(t.parameters())
+    return dict(commit=commit, weights=weights_hash(pipe), device=str(p.device), dtype=str(p.dtype).replace("torch.", ""))
 
 
 def run_cli(a) -> dict | None:
@@ -312,9 +446,16 @@ def run_cli(a) -> dict | None:
     over = {k: v for k, v in dict(num_inference_steps=a.steps, num_frames=a.frames, height=a.size, width=a.size,
                                   guidance_scale=a.guidance).items() if v is not None}
     kw = call_settings(pipe, a.preset, **over)
-    methods, info = build_methods(pipe, names, kw["num_inference_steps"], a.channels, a.temperature)
+    if a.grid == "ablations":
+        methods, info = ablation_methods(pipe, kw, a.channels, a.control_seed,
+                                         [f.strip() for f in a.families.split(",")] if a.families else None)
+        names = list(methods)
+    else:
+        methods, info = build_methods(pipe, names, kw["num_inference_steps"], a.channels, a.temperature,
+                                      a.control_seed, kw)
     e = entry_of(pipe)
-    feats_on = not a.no_features and e is not None and e.features is not None
+    feats_on = not a.no_features and e is not None and e.features is not None and a.grid == "methods"
+    prov = provenance(pipe)    # before the run: the code and weights that made the rows
     out = Path(a.out)
     shard = out.with_name(f".{out.stem}.rank{state.process_index}.json")
     with state.split_between_processes(prompts) as mine:
@@ -335,19 +476,52 @@ def run_cli(a) -> dict | None:
         p.unlink()
     order = {p: i for i, p in enumerate(prompts)}
     rows.sort(key=lambda r: (order[r["prompt"]], r["seed"], names.index(r["method"])))
-    fd = None
-    if feats_on:
-        clips = e.reference(prompts, a.real_per_prompt, kw["num_frames"]) if e.reference else []
-        real = e.features([c for _, _, c in clips]) if clips else np.zeros((0, 1))
-        fd = frechet_by_method({m: np.array(f, float).reshape(len(f), -1) for m, f in feats.items() if f}, real)
-        info["real_clips"] = int(len(real))
-    summary = summarize_rows(rows, fd)
-    meta = dict(model=a.model, prompts=prompts, seeds=seeds, call=kw,
-                processes=state.num_processes, **info)
+    return finish_table(pipe, rows, feats if feats_on else None, prompts, seeds, kw, info, out, a.model,
+                        a.real_per_prompt, a.grid, state.num_processes, prov)
+
+
+def finish_table(pipe, rows, feats, prompts, seeds, call: dict, info: dict, out, model: str | None = None,
+                 real_per_prompt: int = 4, grid: str = "methods", processes: int = 1, prov: dict | None = None) -> dict:
+    """The single-process end of an evaluation: add the ``real`` / ``vae_floor`` rows of
+    ``real_per_prompt`` reference clips per prompt (`floor_rows`), KID per method when ``feats``
+    (``{method: list of feature vectors}``) are given, the `provenance` columns on every row, the
+    summary (``grid="methods"``: `summarize_rows`; ``"ablations"``: `stas.ablations.ablation_table`
+    and `stas.ablations.pick_defaults` in the meta), and write it all with `write_table` to ``out``.
+    ``prov``: `provenance` taken before the run (default: now). Returns the written paths."""
+    from .registry import entry_of
+
+    e = entry_of(pipe)
+    clips = e.reference(prompts, real_per_prompt, call["num_frames"]) if e is not None and e.reference \
+        and real_per_prompt else []
+    rows = list(rows) + floor_rows(pipe, clips)
+    kd = None
+    if feats and clips and e.features is not None:
+        kd = kid_by_method({m: f for m, f in feats.items() if len(f)}, e.features([c for _, _, c in clips]))
+    info = dict(info, real_clips=len(clips))
+    prov = prov or provenance(pipe)
+    rows = [dict(r, **prov) for r in rows]
+    meta = dict(model=model, prompts=list(prompts), seeds=list(seeds), call=call, processes=processes, **prov,
+                **{k: v for k, v in info.items() if not k.startswith("_")})
+    if grid == "ablations":
+        from .ablations import PICK_RULE, ablation_table, pick_defaults
+
+        table = ablation_table(rows, info["_where"], info["_groups"])
+        picks = pick_defaults(table, info["_groups"], info["_base"], target_metric(pipe))
+        meta.update(pick_rule=PICK_RULE, picks=[dict(p, value=repr(p["value"])) for p in picks])
+        summary = table.to_dict("records")
+    else:
+        summary = summarize_rows(rows, kd)
     paths = write_table(rows, out, summary, meta)
     for k, v in paths.items():
         print(f"{k}: {v}")
     return paths
+
+
+def read_table(path) -> tuple:
+    """``(rows, summary, meta)`` of a table `write_table` wrote (its ``.json``); NaN where it stored null."""
+    doc = json.loads(Path(path).with_suffix(".json").read_text())
+    nanify = lambda d: {k: math.nan if v is None else v for k, v in d.items()}  # noqa: E731
+    return [nanify(r) for r in doc["rows"]], [nanify(d) for d in doc["summary"]], doc["meta"]
 
 
 def add_cli(sub):
@@ -357,7 +531,11 @@ def add_cli(sub):
                    "model's evaluation prompts, e.g. house:8)")
     e.add_argument("--seeds", type=int, default=2, help="seeds per prompt (seed0 .. seed0+N-1)")
     e.add_argument("--seed0", type=int, default=0)
-    e.add_argument("--methods", default="baseline,stas,enhance", help="comma list of baseline,stas,zero,enhance")
+    e.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list of {','.join(METHOD_NAMES)}")
+    e.add_argument("--control-seed", type=int, default=0, help="seed of the controls' random entries")
+    e.add_argument("--families", default=None, help="--grid ablations: comma list of families (default all)")
+    e.add_argument("--grid", default="methods", choices=["methods", "ablations"], help="methods: the --methods "
+                   "list; ablations: every family of stas.ablations.ablation_groups (then --methods is ignored)")
     e.add_argument("--out", default="results/evaluate.csv")
     e.add_argument("--model", default=None, help="a registered name, a diffusers dir or hub id (default $STAS_MODEL "
                    "or house)")
@@ -368,7 +546,8 @@ def add_cli(sub):
     e.add_argument("--guidance", type=float, default=None)
     e.add_argument("--channels", type=int, nargs="*", default=None, help="MA channels (default: measured)")
     e.add_argument("--temperature", type=float, default=None, help="Enhance-A-Video temperature")
-    e.add_argument("--real-per-prompt", type=int, default=4, help="real world clips per prompt for the FD")
-    e.add_argument("--no-features", action="store_true", help="skip clip features and Fréchet distances")
+    e.add_argument("--real-per-prompt", type=int, default=4, help="real clips per prompt (reference rows, the "
+                   "VAE-round-trip floor and KID; 0: none)")
+    e.add_argument("--no-features", action="store_true", help="skip clip features and KID")
     e.set_defaults(fn=run_cli)
     return e

@@ -15,9 +15,8 @@ a network. This module reimplements flicker and adds what the STAS paper's claim
   motion-compensated temporal consistency and the whole-frame mean flow.
 * ``foreground_masks`` / ``object_speeds`` / ``object_speed`` — the speed of the moving objects
   (flow over the foreground against a temporal-median background), in pixels/frame.
-* ``frechet_distance`` — Fréchet distance between Gaussians fitted to two feature sets (FID-style).
-* ``paired_ci`` / ``summarize`` — paired-by-seed confidence intervals and mean ± sem tables
-  (prompt-level bootstrap, Holm and KID are in :mod:`stas.statistics`).
+* ``summarize`` — mean ± sem tables (paired prompt-level bootstrap CIs, Holm and KID, the
+  distribution distance that replaces a Fréchet distance at small n, are in :mod:`stas.statistics`).
 * ``degrade`` / ``validation_table`` — generated-looking versions of a clip (low contrast, blur,
   noise) and the table of every metric against inputs with a known answer.
 
@@ -29,20 +28,17 @@ channel-last layouts and ``uint8`` frames to that. All differences are on the ``
 transition from pixel frame ``i`` to ``i + 1``. Metric outputs are numpy ``float64`` arrays or
 Python floats. Pixel ↔ latent frame arithmetic comes from :mod:`stas.layout` only.
 
-This module is generic: it imports torch / numpy / cv2 / scipy / pandas and :mod:`stas.layout`.
+This module is generic: it imports torch / numpy / cv2 / pandas and :mod:`stas.layout`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 import pandas as pd
-import scipy.linalg
-import scipy.stats
 import torch
 
 from .layout import latent_frame_of, latent_frames_for
@@ -65,9 +61,6 @@ __all__ = [
     "foreground_masks",
     "object_speeds",
     "object_speed",
-    "frechet_distance",
-    "frechet_distance_from_stats",
-    "paired_ci",
     "summarize",
     "degrade",
     "validation_table",
@@ -592,119 +585,8 @@ def object_speed(video, flows: np.ndarray | None = None, min_pixels: int = 9, **
 
 
 # --------------------------------------------------------------------------------------------
-# Fréchet distance
+# Tables
 # --------------------------------------------------------------------------------------------
-
-def _as_2d_float64(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim == 1:
-        a = a[:, None]
-    if a.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, D), got {a.shape}")
-    if a.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 samples to fit a covariance, got N = {a.shape[0]}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return a
-
-
-def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``.
-
-    ``d² = ||mu1 − mu2||² + tr(sigma1 + sigma2 − 2 (sigma1 sigma2)^{1/2})`` (as in FID; this is
-    the *squared* Fréchet / 2-Wasserstein distance, the convention FID reports).
-
-    If the matrix square root is not finite (singular covariances) ``eps·I`` is added to both
-    covariances; a small imaginary part from numerical error is dropped (a warning if it is large).
-
-    Returns:
-        float ≥ 0 (clipped at 0 against round-off), in squared feature units.
-    """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    D = mu1.shape[0]
-    if mu2.shape != (D,) or s1.shape != (D, D) or s2.shape != (D, D):
-        raise ValueError(f"shape mismatch: mu1 {mu1.shape}, mu2 {mu2.shape}, "
-                         f"sigma1 {s1.shape}, sigma2 {s2.shape}")
-    diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        off = np.eye(D) * eps
-        covmean = scipy.linalg.sqrtm((s1 + off) @ (s2 + off))
-    if np.iscomplexobj(covmean):
-        imag = np.abs(covmean.imag).max()
-        scale = max(1.0, np.abs(covmean.real).max())
-        if imag > 1e-3 * scale:
-            warnings.warn(f"frechet_distance: sqrtm has imaginary part {imag:.3g}; keeping the real part")
-        covmean = covmean.real
-    d = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
-    return max(d, 0.0)
-
-
-def frechet_distance(feats_a, feats_b, eps: float = 1e-6) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (FID-style).
-
-    Args:
-        feats_a: ``(N, D)`` features (numpy or torch); a 1-D array is treated as ``(N, 1)``.
-        feats_b: ``(M, D)`` features, same ``D``.
-        eps: diagonal offset used only when the covariance square root is not finite.
-
-    Means and unbiased covariances (``N − 1``) are fitted to each set, then
-    :func:`frechet_distance_from_stats` is applied.
-
-    Returns:
-        float ≥ 0 in squared feature units (≈ 0 for a set against itself).
-    """
-    a, b = _as_2d_float64(feats_a, "feats_a"), _as_2d_float64(feats_b, "feats_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
-    return frechet_distance_from_stats(a.mean(0), np.atleast_2d(np.cov(a, rowvar=False)),
-                                       b.mean(0), np.atleast_2d(np.cov(b, rowvar=False)), eps)
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics for tables
-# --------------------------------------------------------------------------------------------
-
-def paired_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
-    """Paired difference ``a − b`` with a Student-t confidence interval and a paired t-test.
-
-    Use for baseline-vs-method tables where clip ``j`` of ``a`` and of ``b`` share prompt and
-    seed. Pairs where either value is nan are dropped (``n`` counts the pairs used).
-
-    Returns:
-        dict with ``mean_diff`` (mean of ``a − b``), ``lo``, ``hi`` (CI bounds), ``sem``
-        (standard error of the mean difference, ``sd(ddof=1)/√n``), ``n`` (pairs used),
-        ``p`` (two-sided paired t-test p-value), ``confidence``. With ``n < 2`` the interval,
-        sem and p are nan. With zero spread the interval is ``[mean, mean]`` and p is 0
-        (1 if the mean is 0 too). Units are those of the metric.
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"paired arrays must have the same length, got {a.size} and {b.size}")
-    keep = ~(np.isnan(a) | np.isnan(b))
-    d = a[keep] - b[keep]
-    n = int(d.size)
-    nan = float("nan")
-    if n == 0:
-        return dict(mean_diff=nan, lo=nan, hi=nan, sem=nan, n=0, p=nan, confidence=confidence)
-    mean = float(d.mean())
-    if n < 2:
-        return dict(mean_diff=mean, lo=nan, hi=nan, sem=nan, n=n, p=nan, confidence=confidence)
-    sem = float(d.std(ddof=1) / math.sqrt(n))
-    tcrit = float(scipy.stats.t.ppf(0.5 + confidence / 2, df=n - 1))
-    if sem == 0:
-        p = 1.0 if mean == 0 else 0.0
-    else:
-        p = float(2 * scipy.stats.t.sf(abs(mean / sem), df=n - 1))
-    return dict(mean_diff=mean, lo=mean - tcrit * sem, hi=mean + tcrit * sem, sem=sem, n=n, p=p,
-                confidence=confidence)
-
 
 def summarize(table: Mapping[str, Sequence[float]]) -> dict:
     """Mean ± standard error per column of a metric table; nan entries are ignored.

@@ -561,3 +561,103 @@ def token_panels(panels: dict, layout: TokenLayout, ylabel: str = "h on MA chann
 
 
 __all__ += ["token_panels"]
+
+
+def difference_map(videos: dict, method: str, reference: str = "baseline", frames=None, temporal_factor: int = 4,
+                   title: str | None = None, vmax: float | None = None):
+    """``|method − reference|`` (mean over RGB, [0, 1] intensity units) per frame on one colour map
+    with a colour bar, under both clips' frames: the change a method makes, at its true scale
+    (``vmax`` default: the 99.5th percentile of the differences shown, never 0)."""
+    a, b = _np(videos[method]), _np(videos[reference])
+    F = a.shape[0]
+    frames = list(range(0, F, max(1, F // 8))) if frames is None else list(frames)
+    d = np.abs(a[frames] - b[frames]).mean(1)                     # (n, H, W)
+    vmax = float(vmax or max(np.percentile(d, 99.5), 1e-6))
+    with style():
+        fig, axes = plt.subplots(3, len(frames), figsize=(1.15 * len(frames) + 0.7, 3.7), squeeze=False)
+        for c, f in enumerate(frames):
+            for r, img in enumerate((b[f], a[f])):
+                axes[r, c].imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
+            im = axes[2, c].imshow(d[c], cmap="magma", vmin=0, vmax=vmax)
+            axes[0, c].set_title(f"px {f} | lat {latent_frame_of(f, temporal_factor)}", fontsize=7)
+        for ax in axes.ravel():
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for r, lab in enumerate((reference, method, f"|{method} − {reference}|")):
+            axes[r, 0].set_ylabel(lab, fontsize=7)
+        fig.tight_layout()
+        cb = fig.colorbar(im, ax=axes[2, :].tolist(), fraction=0.025, pad=0.01)
+        cb.set_label("|Δ| (0–1 intensity)", fontsize=7)
+        cb.ax.tick_params(labelsize=6)
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def sweep_lines(table, family: str, metrics, x=None, xlabel: str | None = None, better: dict | None = None,
+                title: str | None = None):
+    """A sweep family of an ablation table (`stas.ablations.ablation_table`: columns family, setting,
+    metric, diff, lo, hi) as line plots, one panel per metric: the paired difference to the
+    baseline against the swept value (``x``: ``{setting: value}``, default the settings' order), with
+    its 95 % prompt-bootstrap CI as a band."""
+    t = table[table["family"] == family]
+    settings = list(dict.fromkeys(t["setting"]))
+    xs = np.array([x[s] for s in settings] if x else range(len(settings)), float)
+    with style():
+        fig, axes = plt.subplots(1, len(metrics), figsize=(2.3 * len(metrics) + 0.3, 2.3), squeeze=False)
+        for ax, k in zip(axes[0], metrics):
+            r = t[t["metric"] == k].set_index("setting").reindex(settings)
+            ax.fill_between(xs, r["lo"].to_numpy(float), r["hi"].to_numpy(float), color="#d95f02", alpha=0.25, lw=0)
+            ax.plot(xs, r["diff"].to_numpy(float), "o-", color="#d95f02", ms=3, lw=1.2)
+            ax.axhline(0, color="k", lw=0.6)
+            b = (better or {}).get(k)
+            ax.set_title(f"Δ {k}" + (f" ({b} better)" if b else ""), fontsize=8)
+            ax.set_xticks(xs)
+            ax.set_xticklabels(settings if not x else [f"{v:g}" for v in xs], fontsize=7,
+                               rotation=0 if x else 30)
+            ax.set_xlabel(xlabel or family, fontsize=7)
+            ax.tick_params(axis="y", labelsize=7)
+        fig.suptitle(title or f"{family} sweep: paired difference to the baseline (mean, 95% CI over prompts)",
+                     fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+__all__ += ["difference_map", "sweep_lines"]
+
+
+def seam_profile_floor(profiles: dict, temporal_factor: int = 4, references=("real", "vae_floor"),
+                       reference: str = "baseline", title: str | None = None, ylabel: str = "mean |frame change|"):
+    """Per-transition frame change of each method (``{name: (F-1,) mean over clips}``, e.g.
+    `stas.evaluate.seam_table`) with the reference rows drawn dashed in grey — ``vae_floor`` (real
+    clips after the VAE round trip: the floor a transformer-level method can reach) and ``real`` —
+    transitions that cross latent frames shaded; lower panel: each method minus ``reference``."""
+    refs = {k: v for k, v in profiles.items() if k in references}
+    meths = {k: v for k, v in profiles.items() if k not in references}
+    with style():
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5.6, 4.4), sharex=True, gridspec_kw={"height_ratios": [2, 1.2]})
+        n = len(next(iter(profiles.values())))
+        x = np.arange(n)
+        for a in (ax, ax2):
+            for i in x[crosses_latent_frames(n + 1, temporal_factor).numpy()]:
+                a.axvspan(i - 0.45, i + 0.45, color="#7570b3", alpha=0.12, lw=0)
+        for j, (m, v) in enumerate(meths.items()):
+            ax.plot(x, _np(v), "o-", ms=2.5, lw=1, color=_method_color(m, j), label=m)
+            if reference in meths and m != reference:
+                ax2.plot(x, _np(v) - _np(meths[reference]), "o-", ms=2.5, lw=1, color=_method_color(m, j))
+        for (m, v), ls in zip(refs.items(), ("--", ":")):
+            ax.plot(x, _np(v), ls, color="0.35" if m == "vae_floor" else "0.6", lw=1.4,
+                    label="VAE round trip of real clips (floor)" if m == "vae_floor" else "real clips")
+        ax2.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel(ylabel)
+        ax2.set_ylabel(f"minus {reference}")
+        ax2.set_xlabel("transition i -> i+1 (shaded: crosses latent frames)")
+        ax.set_title(title or "where frame changes happen")
+        fig.tight_layout()
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False,
+                   bbox_to_anchor=(0.5, -0.01))
+        fig.subplots_adjust(bottom=0.24)
+    return fig
+
+
+__all__ += ["seam_profile_floor"]

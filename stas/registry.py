@@ -36,10 +36,14 @@ class ModelEntry:
             None: the paper's setting scaled to the model (`stas.STASConfig.paper`).
         metrics: ``{name: fn(video, prompt) -> dict}`` metrics that apply to this model's prompts
             (e.g. the house world's ground truth); each returns NaN where it does not apply.
-        features: ``fn(list of clips) -> (N, D) array``, a clip feature extractor for Fréchet distances.
+        features: ``fn(list of clips) -> (N, D) array``, a clip feature extractor (KID to real clips,
+            `stas.evaluate.kid_by_method`).
         prompts: the model's evaluation prompts (``default_prompts`` takes the first n).
         reference: ``fn(prompts, per_prompt, num_frames) -> [(prompt, seed, clip)]`` real clips
-            matched to prompts (for Fréchet distances and metric floors), or None.
+            matched to prompts (KID, reference rows and the VAE floor), or None.
+        round_trip: ``fn(pipe, clips) -> clips``: clips (F, 3, H, W) in [0, 1] after the model's VAE
+            encode + decode (no transformer): the floor a transformer-level method can reach on the
+            temporal metrics (`stas.evaluate.floor_rows`), or None.
         control: the registered name of a control model trained the same way (e.g. the house model's
             uniform-encoder variant), for notebook 03's comparison; None when there is none.
     """
@@ -52,6 +56,7 @@ class ModelEntry:
     features: Callable | None = None
     prompts: tuple = ()
     reference: Callable | None = None
+    round_trip: Callable | None = None
     control: str | None = None
 
 

@@ -31,7 +31,7 @@ def _float_array(x, name: str) -> np.ndarray:
 
 
 def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], groups: Sequence, confidence: float = 0.95,
-                        n_resamples: int = 9999, seed: int = 0) -> dict:
+                        n_resamples: int = 9999, seed: int = 0, min_groups: int = 2) -> dict:
     """Mean of the paired differences ``a − b``, with a CI that resamples prompts.
 
     Clip ``j`` of ``a`` and of ``b`` share prompt ``groups[j]`` and seed. The statistic is the mean
@@ -41,7 +41,10 @@ def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], groups: Sequence
     ``p = min(1, 2 · min(P*(mean ≤ 0), P*(mean ≥ 0)))`` is read off the same replicates, so the
     interval excludes 0 exactly when ``p < 1 − confidence`` (up to ties at 0).
 
-    Pairs where ``a`` or ``b`` is nan are dropped.
+    Pairs where ``a`` or ``b`` is nan are dropped. ``min_groups``: fewer prompts than this give no
+    interval (with G prompts the bootstrap has few distinct replicates: with 2 prompts of the same
+    sign every replicate has that sign and p = 0, which is no evidence; `stas.evaluate` asks for
+    ``MIN_PROMPTS_FOR_CI``).
 
     Returns:
         dict with ``mean_diff``, ``lo``, ``hi``, ``p``, ``n`` (pairs used), ``n_groups``,
@@ -68,7 +71,7 @@ def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], groups: Sequence
     _, inv = np.unique(g.astype(str), return_inverse=True)
     sums, counts = np.bincount(inv, weights=d), np.bincount(inv).astype(np.float64)
     out["n_groups"] = int(len(sums))
-    if len(sums) < 2:
+    if len(sums) < max(2, min_groups):
         return out
     means = sums / counts
     if np.ptp(means) == 0:

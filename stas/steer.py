@@ -28,10 +28,32 @@ import torch
 import torch.distributed
 
 from .adapters import BRANCHES
-from .tracking import DeviceTensors, HookContext, block_skipped
+from .tracking import ContextParallelError, DeviceTensors, HookContext, block_skipped
 from .layout import POSITION_CLASSES
 
 MODES = ("stas", "zero")
+CONTROLS = ("random_positions", "random_channel")
+
+
+def draw_control(control: str, num_tokens: int, num_positions: int, hidden_size: int, channels, seed: int):
+    """The entries of a matched-size null control (`stas.controls`), drawn on the CPU from ``seed``:
+    ``"random_positions"``: ``num_positions`` distinct token indices of 0..num_tokens-1;
+    ``"random_channel"``: ``len(channels)`` distinct channels of 0..hidden_size-1 outside ``channels``.
+    Returns a sorted-as-drawn (n,) int64 CPU tensor. Raises ``ValueError`` when there are too few to draw."""
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    if control == "random_positions":
+        if num_positions > num_tokens:
+            raise ValueError(f"cannot draw {num_positions} of {num_tokens} tokens")
+        return torch.randperm(num_tokens, generator=g)[:num_positions]
+    chan = torch.as_tensor(channels).long().flatten().cpu()
+    keep = torch.ones(hidden_size, dtype=torch.bool)
+    keep[chan] = False
+    others = keep.nonzero().flatten()
+    if others.numel() < chan.numel():
+        raise ValueError(f"only {others.numel()} non-MA channels to draw {chan.numel()} from")
+    return others[torch.randperm(others.numel(), generator=g)[:chan.numel()]]
 
 
 def _tuple_of_ints(x, name):
@@ -65,6 +87,12 @@ class STASConfig:
         branches: CFG branches to steer, from ``cond``, ``uncond``.
         boundary_unit: ``"tokens"`` or ``"rows"``.
         mode: ``"stas"`` (the paper's rule) or ``"zero"`` (ablation: set the entries to 0).
+        control: None (STAS), or a matched-size null control (`stas.controls`, ``mode="stas"`` only):
+            ``"random_positions"`` edits the MA channels at as many random tokens as STAS's
+            positions select, ``"random_channel"`` edits STAS's positions in as many random non-MA
+            channels; per sample and branch, the change is rescaled on the device to the L2 norm of
+            the change STAS would make to that block output (same entry count, same size).
+        control_seed: seeds the control's draw (once per token layout, on the CPU).
     """
 
     steps: int
@@ -76,6 +104,8 @@ class STASConfig:
     branches: tuple = BRANCHES
     boundary_unit: str = "tokens"
     mode: str = "stas"
+    control: str | None = None
+    control_seed: int = 0
     _pos: tuple = field(init=False, repr=False, compare=False, default=())
 
     @classmethod
@@ -114,6 +144,12 @@ class STASConfig:
             raise ValueError(f"boundary_unit must be 'tokens' or 'rows', got {self.boundary_unit!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.control is not None and self.control not in CONTROLS:
+            raise ValueError(f"control must be None or one of {CONTROLS}, got {self.control!r}")
+        if self.control is not None and self.mode != "stas":
+            raise ValueError("a control matches the size of STAS's edit: it needs mode='stas'")
+        if not isinstance(self.control_seed, int) or isinstance(self.control_seed, bool):
+            raise ValueError(f"control_seed must be an int, got {self.control_seed!r}")
 
 
 def steer_values(v: torch.Tensor, alpha: float, zero: bool, shard=None):
@@ -158,10 +194,38 @@ class _SteerHook:
         for sl in o.slices:
             x = h[sl]
             v = x.index_select(-1, dev.chan_idx)    # (b, L, C)
+            if o.control is not None:
+                _matched_control(x, v, dev, o.alpha, o.control)
+                continue
             new, over = steer_values(v, o.alpha, o.zero, o.shard)
             dev.clamped.add_(over)
             x.index_copy_(-1, dev.chan_idx, torch.where(dev.mask[None, :, None], new, v))
         return None
+
+
+def _matched_control(x: torch.Tensor, v: torch.Tensor, dev, alpha: float, control: str) -> None:
+    """Apply the matched-size control to ``x`` (b, L, D) in place (see `STASConfig.control`), all on
+    the device: per sample, STAS's change ``Δ`` of ``v = x[..., channels]`` at the STAS mask; the
+    control's change ``δ`` (the rule's direction at its own entries) rescaled to ``‖Δ‖ / ‖δ‖``
+    (float32). Samples where ``δ = 0`` are left unchanged and counted in ``dev.unmatched``."""
+    v32 = v.float()
+    new, _ = steer_values(v32, alpha, False)
+    size = torch.where(dev.mask[None, :, None], new - v32, 0.0).flatten(1).norm(dim=1)      # (b,)
+    if control == "random_positions":
+        idx, w, mask = dev.chan_idx, v32, dev.ctrl_mask
+        new_w = new
+    else:
+        idx, mask = dev.ctrl_idx, dev.mask
+        w = x.index_select(-1, idx).float()
+        new_w, _ = steer_values(w, alpha, False)
+    delta = torch.where(mask[None, :, None], new_w - w, 0.0)
+    norm = delta.flatten(1).norm(dim=1)
+    dev.unmatched.add_(((norm == 0) & (size > 0)).sum())
+    scale = torch.where(norm > 0, size / norm.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    out = w + delta * scale[:, None, None]
+    fmax = torch.finfo(x.dtype).max
+    dev.clamped.add_((out.abs() > fmax).sum())
+    x.index_copy_(-1, idx, out.clamp(-fmax, fmax).to(x.dtype))
 
 
 class steer(HookContext):
@@ -192,6 +256,7 @@ class steer(HookContext):
         self.config = config
         self.alpha = float(config.alpha)
         self.zero = config.mode == "zero"
+        self.control = config.control
         self.active = False
         self.slices = []
         self.shard = None         # TokenShard of the current call under context parallelism
@@ -200,6 +265,7 @@ class steer(HookContext):
         self._mask_layout = None  # (layout, token slice) the mask was made for
         self._calls = []          # [run, step, steered branches, blocks skipped by a diffusers cache]
         self.clamped = 0
+        self.unmatched = 0        # control calls (samples) where the drawn entries could not be moved
 
     def _validate(self):
         n, d = self.adapter.num_blocks, self.adapter.hidden_size
@@ -233,8 +299,22 @@ class steer(HookContext):
             if not mask.any():
                 raise ValueError(f"positions {self.config.positions} select no token of layout {lay.describe()}")
             self._collect_clamped()
-            self.dev = DeviceTensors(mask=mask[tokens], chan_idx=torch.tensor(self.config.channels, dtype=torch.long),
-                                     clamped=torch.zeros((), dtype=torch.long))
+            if self.control is not None and sh is not None:
+                raise ContextParallelError("STASConfig.control (a matched-size random edit) is not supported under "
+                                           "context parallelism: its L2 match would need the other ranks' tokens")
+            chan = torch.tensor(self.config.channels, dtype=torch.long)
+            extra = {}
+            if self.control is not None:   # drawn once per layout on the CPU, from the seed
+                drawn = draw_control(self.control, mask.numel(), int(mask.sum()), self.adapter.hidden_size, chan,
+                                     self.config.control_seed)
+                if self.control == "random_positions":
+                    cm = torch.zeros_like(mask)
+                    cm[drawn] = True
+                    extra = dict(ctrl_mask=cm)
+                else:
+                    extra = dict(ctrl_idx=drawn)
+            self.dev = DeviceTensors(mask=mask[tokens], chan_idx=chan, clamped=torch.zeros((), dtype=torch.long),
+                                     unmatched=torch.zeros((), dtype=torch.long), **extra)
             self._mask_layout = (lay, tokens)
         self.shard = sh
         self.dev.on(self._device or tracker.input_device)
@@ -259,11 +339,17 @@ class steer(HookContext):
             if self.shard is not None:  # every rank counted its own tokens (all ranks get here together)
                 torch.distributed.all_reduce(self.dev.clamped, group=self.shard.group)
             self.clamped += int(self.dev.clamped)
+            self.unmatched += int(self.dev.unmatched)
             self.dev.clamped.zero_()
+            self.dev.unmatched.zero_()
 
     def _close(self):
         self._collect_clamped()
         if self.clamped:
             warnings.warn(f"steer: {self.clamped} steered values exceeded the range of the block output's dtype "
                           f"(alpha={self.alpha} x channel max) and were clamped to its largest finite value",
+                          RuntimeWarning, stacklevel=3)
+        if self.unmatched:
+            warnings.warn(f"steer: control {self.control!r} could not move its drawn entries in {self.unmatched} "
+                          f"sample(s) (the rule leaves them where they are): those were left unchanged, not matched",
                           RuntimeWarning, stacklevel=3)

@@ -79,3 +79,65 @@ def test_controls_validate(h, positions):
         matched_random_edit(h, positions, list(range(D - 1)), control="random_channel")
     with pytest.raises(ValueError, match="does not change"):
         matched_random_edit(stas_edit(h, positions, MA), positions, MA)
+
+
+# ------------------------------------------------------------------ the control inside the steering hook
+from stas.adapters import get_adapter  # noqa: E402
+import stas  # noqa: E402
+
+from conftest import call_kwargs  # noqa: E402
+from test_steer import Around, PROMPT  # noqa: E402
+
+
+def _steered(pipe, cfg, block=1):
+    with stas.steer(pipe, cfg) as st:
+        cap = Around(pipe, block)
+        try:
+            video = stas.generate(pipe, PROMPT, seed=0, **call_kwargs(pipe))
+        finally:
+            cap.close()
+    return video, cap, st
+
+
+@pytest.mark.parametrize("control", ["random_positions", "random_channel"])
+def test_hook_control_equals_pure_function_and_matches_stas_size(wan, control):
+    """In the hook, per sample and branch: the controlled block output equals `matched_random_edit`
+    on the same h (same draw from the same seed), with STAS's entry count and L2 change."""
+    cfg = stas.STASConfig(alpha=1.5, steps=2, blocks=[1], channels=[3, 10], control=control, control_seed=7)
+    _, cap, st = _steered(wan, cfg)
+    lay = get_adapter(wan).layout((), {"hidden_states": torch.zeros(1, 16, 3, 4, 4)})
+    mask = lay.position_mask(cfg.positions, cfg.boundary_width)
+    n = int(mask.sum()) * len(cfg.channels)
+    fired = 0
+    for i, (b, a) in enumerate(zip(cap.before, cap.after)):
+        if i // 2 >= cfg.steps:
+            assert torch.equal(a, b)
+            continue
+        for s in range(b.shape[0]):
+            ref = matched_random_edit(b[s], mask, cfg.channels, 1.5, control=control, seed=7)
+            torch.testing.assert_close(a[s], ref, rtol=1e-5, atol=1e-6)
+            size = (stas_edit(b[s], mask, cfg.channels, 1.5) - b[s]).norm()       # brute-force STAS size
+            assert (a[s] - b[s]).norm().item() == pytest.approx(size.item(), rel=1e-5)
+            assert int((a[s] != b[s]).sum()) <= n and int((a[s] != b[s]).sum()) >= n - len(cfg.channels)
+            fired += 1
+    assert fired == 2 * 2 * cap.before[0].shape[0] and st.unmatched == 0
+
+
+def test_hook_control_off_at_k0_and_seeded(wan):
+    stock = stas.generate(wan, PROMPT, seed=0, **call_kwargs(wan))
+    for control in ("random_positions", "random_channel"):
+        cfg = stas.STASConfig(steps=0, blocks=[1], channels=[3], control=control)
+        v, _, _ = _steered(wan, cfg)
+        assert torch.equal(torch.as_tensor(v), torch.as_tensor(stock))           # K = 0: bit-identical
+    cfg = dict(steps=2, blocks=[1], channels=[3], control="random_positions")
+    a = _steered(wan, stas.STASConfig(**cfg, control_seed=1))[0]
+    b = _steered(wan, stas.STASConfig(**cfg, control_seed=1))[0]
+    c = _steered(wan, stas.STASConfig(**cfg, control_seed=2))[0]
+    assert torch.equal(torch.as_tensor(a), torch.as_tensor(b)) and not torch.equal(torch.as_tensor(a), torch.as_tensor(c))
+
+
+def test_control_config_validates():
+    with pytest.raises(ValueError, match="control"):
+        stas.STASConfig(steps=1, blocks=[0], channels=[1], control="nope")
+    with pytest.raises(ValueError, match="mode='stas'"):
+        stas.STASConfig(steps=1, blocks=[0], channels=[1], control="random_channel", mode="zero")

@@ -242,19 +242,8 @@ def test_flow_validation(moving):
 # ------------------------------------------------------------------------------- object speed
 
 def known_speed_clips(n):
-    """House-world clips with one moving object (others still, never occluded below 90 %):
-    (video, true mean speed in px/frame from the world's own trajectory)."""
-    from stas.house import world
-    out = []
-    for seed in range(400):
-        v, _, gt = world.sample_clip(seed)
-        movers = [o for o in gt["objects"] if o["motion"] != "still"]
-        if len(movers) == 1 and min(min(o["visibility"]) for o in gt["objects"]) > 0.9:
-            p = np.array(movers[0]["position"])
-            out.append((v, float(np.linalg.norm(np.diff(p, axis=0), axis=1).mean())))
-        if len(out) == n:
-            return out
-    raise AssertionError("not enough single-mover clips")
+    from stas.house.metrics import known_speed_clips as clips
+    return clips(n)
 
 
 @pytest.fixture(scope="module")
@@ -331,68 +320,7 @@ def test_validation_table(house_clips):
         M.validation_table([])
 
 
-# ------------------------------------------------------------------------------- Fréchet distance
-
-def test_frechet_self_is_zero():
-    x = np.random.default_rng(0).normal(size=(200, 8))
-    assert M.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
-    assert M.frechet_distance(torch.from_numpy(x), x) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_frechet_closed_form():
-    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0])
-    v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 0.25])
-    # diagonal covariances: |mu1-mu2|^2 + sum (sqrt v1 - sqrt v2)^2 = 5 + (1 + 1 + 0) = 7
-    d = M.frechet_distance_from_stats(mu1, np.diag(v1), mu2, np.diag(v2))
-    assert d == pytest.approx(7.0, abs=1e-9)
-    # equal non-diagonal covariances: only the means matter
-    a = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 0.7]])
-    assert M.frechet_distance_from_stats(mu1, a, mu2, a) == pytest.approx(5.0, abs=1e-8)
-    # samples from those Gaussians approach the closed form
-    rng = np.random.default_rng(0)
-    xa = rng.normal(mu1, np.sqrt(v1), size=(20000, 3))
-    xb = rng.normal(mu2, np.sqrt(v2), size=(20000, 3))
-    assert M.frechet_distance(xa, xb) == pytest.approx(7.0, rel=0.05)
-
-
-def test_frechet_singular_and_validation():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(5, 16))  # N < D: singular covariance
-    y = rng.normal(size=(6, 16)) + 1.0
-    d = M.frechet_distance(x, y)
-    assert np.isfinite(d) and d > 0
-    with pytest.raises(ValueError, match="dimensions differ"):
-        M.frechet_distance(x, y[:, :3])
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        M.frechet_distance(x[:1], y)
-
-
-# ------------------------------------------------------------------------------- statistics
-
-def test_paired_ci_hand_computed():
-    a = [1.0, 2.0, 3.0, 4.0]
-    b = [0.5, 1.0, 2.5, 3.0]
-    # d = [0.5, 1, 0.5, 1]: mean 0.75, squared deviations 4 x 0.0625 = 0.25,
-    # sd = sqrt(0.25 / 3) = sqrt(1/12), sem = sd / sqrt(4) = 0.144338...
-    # t_{0.975, 3} = 3.182446305
-    r = M.paired_ci(a, b)
-    sem = math.sqrt(1 / 12) / 2
-    assert r["n"] == 4
-    assert r["mean_diff"] == pytest.approx(0.75)
-    assert r["sem"] == pytest.approx(sem)
-    assert r["lo"] == pytest.approx(0.75 - 3.182446305 * sem, abs=1e-8)
-    assert r["hi"] == pytest.approx(0.75 + 3.182446305 * sem, abs=1e-8)
-    assert r["p"] == pytest.approx(scipy.stats.ttest_rel(a, b).pvalue, rel=1e-10)
-    # nan pairs dropped
-    r2 = M.paired_ci(a + [float("nan")], b + [1.0])
-    assert r2["n"] == 4 and r2["mean_diff"] == pytest.approx(0.75)
-    # degenerate cases
-    assert math.isnan(M.paired_ci([1.0], [0.0])["lo"])
-    r3 = M.paired_ci([1.0, 2.0], [0.0, 1.0])
-    assert (r3["lo"], r3["hi"], r3["p"]) == (1.0, 1.0, 0.0)
-    with pytest.raises(ValueError, match="same length"):
-        M.paired_ci([1.0, 2.0], [1.0])
-
+# ------------------------------------------------------------------------------- tables
 
 def test_summarize():
     s = M.summarize({"flicker": [1.0, 2.0, 3.0, float("nan")], "one": [5.0]})

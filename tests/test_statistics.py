@@ -103,3 +103,14 @@ def test_kid_identical_distributions_near_zero_and_shift_detected():
         S.kid(np.zeros((2, 3)), np.zeros((5, 3)))
     with pytest.raises(ValueError, match="dimensions differ"):
         S.kid(np.zeros((4, 3)), np.zeros((5, 2)))
+
+
+def test_bootstrap_min_groups_withholds_ci_for_few_prompts():
+    """Two prompts of the same sign would give p = 0 (every replicate has that sign): below
+    ``min_groups`` there is no interval and no p, only the mean difference."""
+    from stas.statistics import paired_bootstrap_ci
+
+    a, b, g = [1.0, 1.2, 2.0, 2.1], [0.0, 0.1, 0.5, 0.4], ["p", "p", "q", "q"]
+    assert paired_bootstrap_ci(a, b, g)["p"] == 0.0
+    r = paired_bootstrap_ci(a, b, g, min_groups=6)
+    assert r["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b))) and np.isnan(r["p"]) and np.isnan(r["lo"])

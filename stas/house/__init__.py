@@ -70,13 +70,14 @@ def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None, t
 def _register():
     from ..registry import ModelEntry, register
     from .adapter import ADAPTERS
-    from .metrics import METRICS, features, real_clips
+    from .metrics import METRICS, real_clips, vae_round_trip
     from .world import EVAL_PROMPTS
 
     for name, variant in (("house", "causal"), ("house-causal", "causal"), ("house-uniform", "uniform")):
         register(ModelEntry(name=name, load=lambda device, dtype, v=variant: load_pipeline(v, device, dtype),
                             adapter=ADAPTERS[variant], stas_defaults=dict(STAS_DEFAULTS), metrics=dict(METRICS),
-                            features=features, prompts=tuple(EVAL_PROMPTS), reference=real_clips,
+                            prompts=tuple(EVAL_PROMPTS), reference=real_clips,
+                            round_trip=lambda pipe, clips, v=variant: vae_round_trip(pipe, clips, v),
                             control="house-uniform" if variant == "causal" else None))
 
 
