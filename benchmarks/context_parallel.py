@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import stas  # noqa: E402
-from overhead import SMALL, WAN21_1P3B  # noqa: E402
+from overhead import SMALL, WAN21_1P3B, replace_between  # noqa: E402
 from stas.record import _sharded_block_stats  # noqa: E402
 from stas.steer import steer_values  # noqa: E402
 from stas.tracking import TokenShard  # noqa: E402
@@ -245,9 +245,7 @@ def table(res: dict) -> str:
 
 
 def update_readme(res: dict, readme: Path = ROOT / "README.md") -> None:
-    text = readme.read_text()
-    a, b = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    readme.write_text(text[:a] + "\n" + table(res) + "\n" + text[b:])
+    replace_between(readme, MARKERS, table(res))
 
 
 def main():

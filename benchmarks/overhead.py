@@ -526,11 +526,16 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def replace_between(readme: Path, markers: tuple, block: str) -> None:
+    """Replace the text between the two ``markers`` lines of ``readme`` by ``block`` (generated tables)."""
+    text = readme.read_text()
+    a, b = text.index(markers[0]) + len(markers[0]), text.index(markers[1])
+    readme.write_text(text[:a] + "\n" + block + "\n" + text[b:])
+
+
 def update_readme(res: dict, readme: Path = ROOT / "README.md") -> None:
     """Replace the text between the overhead-table markers in the README by `table(res)`."""
-    text = readme.read_text()
-    a, b = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    readme.write_text(text[:a] + "\n" + table(res) + "\n" + text[b:])
+    replace_between(readme, MARKERS, table(res))
 
 
 def main():

@@ -462,45 +462,6 @@ def method_forest(summary, metrics, baseline: str = "baseline", title: str | Non
     return fig
 
 
-def seam_transitions(profiles: dict, temporal_factor: int = 4, reference: str = "baseline", title: str | None = None,
-                     ylabel: str = "mean |frame change|"):
-    """Per-transition frame change (``{method: (F-1,) mean over clips}``), transitions that cross latent
-    frames (chunk seams, `stas.layout.crosses_latent_frames`) shaded; lower panel: difference to ``reference``."""
-    with style():
-        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5.2, 3.8), sharex=True, gridspec_kw={"height_ratios": [2, 1.3]})
-        n = len(next(iter(profiles.values())))
-        x = np.arange(n)
-        for a in (ax, ax2):
-            for i in x[crosses_latent_frames(n + 1, temporal_factor).numpy()]:
-                a.axvspan(i - 0.45, i + 0.45, color="#7570b3", alpha=0.12, lw=0)
-        for j, (m, v) in enumerate(profiles.items()):
-            ax.plot(x, _np(v), "o-", ms=2.5, lw=1, color=_method_color(m, j), label=m)
-            if reference in profiles and m != reference:
-                ax2.plot(x, _np(v) - _np(profiles[reference]), "o-", ms=2.5, lw=1, color=_method_color(m, j), label=m)
-        ax2.axhline(0, color="k", lw=0.6)
-        ax.set_ylabel(ylabel)
-        ax2.set_ylabel(f"minus {reference}")
-        ax2.set_xlabel("transition i -> i+1 (shaded: crosses latent frames)")
-        ax.legend(ncol=len(profiles))
-        ax.set_title(title or "where frame changes happen")
-        fig.tight_layout()
-    return fig
-
-
-def cost_bars(seconds: dict, title: str | None = None):
-    """Seconds per clip per method: ``{method: (mean, sem)}``."""
-    with style():
-        fig, ax = plt.subplots(figsize=(0.8 * len(seconds) + 1.4, 2.4))
-        for i, (m, (mu, se)) in enumerate(seconds.items()):
-            ax.bar(i, mu, yerr=se if np.isfinite(se) else None, color=_method_color(m, i), capsize=3)
-            ax.text(i, mu, f"{mu:.2f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(seconds)))
-        ax.set_xticklabels(list(seconds))
-        ax.set_ylabel("seconds per clip")
-        ax.set_title(title or "cost per clip")
-    return fig
-
-
 def ablation_grid(table: dict, metrics, title: str | None = None, better: dict | None = None):
     """Ablations as panels: rows = metrics, columns = ablation groups.
 
@@ -533,7 +494,7 @@ def ablation_grid(table: dict, metrics, title: str | None = None, better: dict |
     return fig
 
 
-__all__ += ["compare_clips", "ma_across_blocks", "method_forest", "seam_transitions", "cost_bars", "ablation_grid",
+__all__ += ["compare_clips", "ma_across_blocks", "method_forest", "ablation_grid",
             "METHOD_COLORS"]
 
 
