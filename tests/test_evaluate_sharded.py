@@ -53,8 +53,10 @@ def test_two_processes_gather_the_one_process_table(runs, name):
 
 def test_launched_table_equals_plain_python_to_float32_rounding(runs):
     """A process started by torchrun (even one) differs from plain ``python`` by at most a float32
-    rounding in the clip metrics (cause not found; the videos of `stas.load.generate` are
-    bit-identical under both); every key and provenance column is identical."""
+    rounding in the clip metrics; every key and provenance column is identical. The difference comes
+    with an initialized process group (plain ``python`` with ``WORLD_SIZE=1 RANK=0 MASTER_ADDR=...``
+    gives the torchrun table bit for bit); cause not found (`stas.load.generate` alone gives
+    bit-identical videos with and without one)."""
     plain, _ = runs["python"]
     launched, _ = runs["torchrun2"]
     keys = ["prompt", "seed", "method", "commit", "weights", "device", "dtype"]
