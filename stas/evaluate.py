@@ -6,7 +6,12 @@
 
     python -m stas evaluate --prompts house:32 --seeds 2 --out results/evaluate.csv
     accelerate launch --num_processes 4 -m stas evaluate ...   # prompts sharded over 4 GPUs
-    torchrun --nproc_per_node 2 -m stas evaluate ...           # or CPU processes (gloo)
+    accelerate launch --multi_gpu --num_processes 2 -m stas evaluate ...   # 2 CPU processes (gloo), no GPU
+    torchrun --nproc_per_node 2 -m stas evaluate ...           # the same, on GPUs or CPU
+
+(``accelerate launch --cpu`` starts one process whatever ``--num_processes`` says: accelerate 1.x
+runs several CPU processes only through MPI, ``--mpirun_hostfile``. ``--multi_gpu`` picks its
+torch.distributed launcher, which on a machine without GPUs starts CPU processes.)
 
 A method is ``None`` (the stock pipeline), a `stas.STASConfig` (`stas.steer`; with ``control=`` the
 matched-size null controls), a `stas.enhance_a_video.EnhanceConfig` (`stas.enhance`), or any
@@ -34,7 +39,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -439,6 +446,11 @@ def run_cli(a) -> dict | None:
     from .registry import entry_of
 
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes use gloo
+    if state.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" \
+            and "MASTER_ADDR" in os.environ:   # what `accelerate launch --cpu --num_processes N>1` leaves
+        warnings.warn("accelerate launch --cpu started one process (several CPU processes need MPI); for N CPU "
+                      "processes use `accelerate launch --multi_gpu --num_processes N` or `torchrun "
+                      "--nproc_per_node N`", stacklevel=1)
     prompts = read_prompts(a.prompts)
     seeds = list(range(a.seed0, a.seed0 + a.seeds))
     names = [m.strip() for m in a.methods.split(",") if m.strip()]
