@@ -22,8 +22,9 @@ ENHANCE = dict(temperature=1.0)
 
 def ma_channels(pipe, prompt: str = "a red square moves left", seed: int = 0, n: int = 3, call: dict | None = None) -> dict:
     """Channels of ``pipe`` measured on one recorded clip (`stas.massive.choose_channels`): ``{"ma",
-    "top", "fallback", "weak", "plain", "peak/mean": {channel: ratio}}``; ``ma`` is empty and
-    ``fallback`` True when no channel passes `find_massive`'s criteria (e.g. a random test model)."""
+    "top", "fallback", "weak", "plain", "peak/mean": {channel: ratio}, "all_ma": every channel
+    `find_massive` reports, "peak/median": {channel: ratio} of those}``; ``ma`` / ``all_ma`` are empty
+    and ``fallback`` True when no channel passes `find_massive`'s criteria (e.g. a random test model)."""
     from .study import record_blocks
 
     st = record_blocks(pipe, [prompt], [seed], call=call)
@@ -31,6 +32,8 @@ def ma_channels(pipe, prompt: str = "a red square moves left", seed: int = 0, n:
     ch = choose_channels(rep, n)
     ch["peak/mean"] = {int(c): round(rep.channel_summary(int(c))["peak/mean"], 2)
                        for c in ch["top"] + [ch["weak"], ch["plain"]]}
+    ch["all_ma"] = [int(c) for c in rep.channels]
+    ch["peak/median"] = {c: round(rep.channel_summary(c)["peak/median"], 2) for c in ch["all_ma"]}
     return ch
 
 

@@ -329,12 +329,10 @@ DEFAULT_METHODS = "baseline,stas,control_positions,control_channel,enhance"
 def all_ma_channels(pipe, call: dict | None = None, prompt: str = "a red square moves left") -> dict:
     """Every channel `stas.find_massive` reports on one recorded clip (not only the top few):
     ``{"ma": [channels], "peak/median": {channel: ratio}}``; ``ma`` is empty when none passes."""
-    from .massive import find_massive
-    from .study import record_blocks
+    from .defaults import ma_channels
 
-    rep = find_massive(record_blocks(pipe, [prompt], [0], call=call))
-    return {"ma": [int(c) for c in rep.channels],
-            "peak/median": {int(c): round(rep.channel_summary(int(c))["peak/median"], 2) for c in rep.channels}}
+    ch = ma_channels(pipe, prompt, call=call)
+    return {"ma": ch["all_ma"], "peak/median": ch["peak/median"]}
 
 
 def build_methods(pipe, names, num_steps: int, channels=None, temperature=None, control_seed: int = 0,
@@ -391,8 +389,8 @@ def ablation_methods(pipe, call: dict, channels=None, control_seed: int = 0, fam
     from .adapters import get_adapter
     from .defaults import ma_channels, stas_config
 
-    ch = ma_channels(pipe, n=3, call=call)
-    ma = list(channels) if channels else all_ma_channels(pipe, call)["ma"]
+    ch = ma_channels(pipe, n=3, call=call)      # one recorded clip: every MA channel and the controls' channels
+    ma = list(channels) if channels else ch["all_ma"]
     if not ma:
         raise ValueError("no channel of this model passes the MA criteria; pass --channels to ablate chosen channels")
     n = call["num_inference_steps"]
