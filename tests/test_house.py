@@ -141,3 +141,22 @@ def test_training_report_uses_stas_definitions():
     assert b["boundary"] == pytest.approx(float(a[masks["boundary"], c].mean()), rel=1e-5)
     assert b["first"] == pytest.approx(float(a[masks["first_frame"], c].mean()), rel=1e-5)
     assert len(b["per_frame"]) == 3 and len(b["per_row"]) == 4
+
+
+def test_uniform_reference_clips_on_the_generated_time_axis():
+    """The uniform control's `real` / `vae_floor` rows use the frames its pipeline returns (0, 4, ..., 28),
+    not all 29 (their per-transition change would then be 1-frame steps beside 4-frame steps)."""
+    from stas.house import load_pipeline
+    from stas.house.metrics import real_clips, vae_round_trip
+    from stas.house.train import vae_encode
+
+    _shipped("uniform")
+    pipe = load_pipeline("uniform", device="cpu")
+    prompt = world.EVAL_PROMPTS[0]
+    (p, s, clip), = real_clips([prompt], 1, variant="uniform")
+    (_, s_full, full), = real_clips([prompt], 1)
+    assert s == s_full and clip.shape == (8, 3, 128, 128) and torch.equal(clip, full[::4])
+    rec = vae_round_trip(pipe, [clip], "uniform")[0]
+    with torch.no_grad():  # the same as encoding the 29-frame clip the way the uniform VAE was trained
+        ref = pipe.vae.decode(vae_encode(pipe.vae, full.permute(1, 0, 2, 3)[None] * 2 - 1, "uniform")).sample
+    torch.testing.assert_close(rec, ((ref[0].clamp(-1, 1) + 1) / 2).permute(1, 0, 2, 3), rtol=0, atol=1e-6)

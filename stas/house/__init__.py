@@ -76,7 +76,9 @@ def _register():
     for name, variant in (("house", "causal"), ("house-causal", "causal"), ("house-uniform", "uniform")):
         register(ModelEntry(name=name, load=lambda device, dtype, v=variant: load_pipeline(v, device, dtype),
                             adapter=ADAPTERS[variant], stas_defaults=dict(STAS_DEFAULTS), metrics=dict(METRICS),
-                            prompts=tuple(EVAL_PROMPTS), reference=real_clips,
+                            prompts=tuple(EVAL_PROMPTS),
+                            reference=lambda prompts, per_prompt=4, num_frames=None, v=variant:
+                            real_clips(prompts, per_prompt, num_frames, v),
                             round_trip=lambda pipe, clips, v=variant: vae_round_trip(pipe, clips, v),
                             control="house-uniform" if variant == "causal" else None))
 

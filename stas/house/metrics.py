@@ -73,24 +73,30 @@ def matched_world_seeds(prompts, per_prompt: int = 4, start: int = 4_000_000_000
     return [x for f in found for x in f]
 
 
-def real_clips(prompts, per_prompt: int = 4, num_frames: int | None = None):
+def real_clips(prompts, per_prompt: int = 4, num_frames: int | None = None, variant: str = "causal"):
     """Real world clips matched to ``prompts`` (`matched_world_seeds`), rendered at the world's
-    128 x 128 (``num_frames`` default 29): a list of ``(prompt, seed, clip)``."""
+    128 x 128 (``num_frames`` default 29): a list of ``(prompt, seed, clip)``, each clip the frames
+    ``variant``'s pipeline returns (causal: all; uniform: 0, 4, ..., the frames its VAE models), so
+    that its rows sit on the generated clips' time axis."""
+    from .models import pixel_frames
+
     nf = num_frames or world.NUM_FRAMES
+    fr = pixel_frames(variant, nf)
     out = []
     for p in prompts:
         seeds = matched_world_seeds([p], per_prompt)
         if seeds:
             v, _, _ = world.render_batch(world.sample_params(seeds, num_frames=nf), nf)
-            out += [(p, s, clip) for s, clip in zip(seeds, v)]
+            out += [(p, s, clip[fr]) for s, clip in zip(seeds, v)]
     return out
 
 
 def vae_round_trip(pipe, clips, variant: str = "causal") -> list:
-    """``clips`` (each (29, 3, H, W) in [0, 1], world size) after ``pipe.vae``'s encode (posterior
-    mean, as the VAE was trained: `stas.house.train.vae_encode`) and decode, no transformer involved:
-    a list of (F, 3, H, W) float32 CPU clips in [0, 1] (F = 29 causal, 8 uniform: the frames that
-    variant's pipeline returns). The floor of the temporal metrics for any transformer-level method."""
+    """``clips`` (each (F, 3, H, W) in [0, 1], world size: the frames ``variant``'s pipeline returns, as
+    `real_clips` gives them) after ``pipe.vae``'s encode (posterior mean, as the VAE was trained) and
+    decode, no transformer involved: a list of (F, 3, H, W) float32 CPU clips in [0, 1]. Causal: the
+    clip encoded as a video (`stas.house.train.vae_encode`); uniform: every frame encoded alone. The
+    floor of the temporal metrics for any transformer-level method."""
     import torch
 
     from .train import vae_encode
@@ -100,7 +106,13 @@ def vae_round_trip(pipe, clips, variant: str = "causal") -> list:
         for c in clips:
             x = torch.as_tensor(c, dtype=torch.float32).permute(1, 0, 2, 3)[None] * 2 - 1   # (1, 3, F, H, W)
             x = x.to(vae.device, vae.dtype)
-            rec = vae.decode(vae_encode(vae, x, variant)).sample[0].float().clamp(-1, 1)
+            if variant == "causal":
+                z = vae_encode(vae, x, variant)
+            else:
+                f = x.shape[2]
+                mu = vae.encode(x.transpose(1, 2).reshape(f, 3, 1, *x.shape[-2:])).latent_dist.mode()  # (F, z, 1, h, w)
+                z = mu[:, :, 0].transpose(0, 1)[None]                                             # (1, z, F, h, w)
+            rec = vae.decode(z).sample[0].float().clamp(-1, 1)
             out.append(((rec + 1) / 2).permute(1, 0, 2, 3).cpu())
     return out
 
