@@ -13,7 +13,8 @@ capture" recipe). ``bench`` times the step for a list of settings and prints the
     python -m stas.house.train_vae train --variant causal --minutes 9 --ckpt runs/vae-causal --export runs/export
 
 ``train`` resumes from ``--ckpt`` (model, EMA, AdamW state, data-stream position, cumulative history);
-without one it starts fresh. ``--export`` writes the EMA weights with latent statistics from held-out
+without one it starts from ``--init`` (an earlier export and its report) or fresh. ``--dt`` adds an L1
+loss on frame-to-frame change (reconstruction's minus input's) against flicker. ``--export`` writes the EMA weights with latent statistics from held-out
 clips (``save_pretrained``, safetensors) and ``vae_report.json`` (held-out PSNR per frame).
 """
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Batches:
     """Training inputs from a reproducible world-clip stream (``seed`` is the stream position).
 
     causal: clips (B, 3, 29, crop, crop), one random crop per clip. uniform: single frames
-    (B, 3, 1, crop, crop) drawn from the frames the uniform VAE encodes (0, 4, ..., 28) of B/8 clips.
+    (B, 3, 1, crop, crop), the frames the uniform VAE encodes (0, 4, ..., 28) of B/8 clips, each clip's
+    frames consecutive in the batch and cut at one crop (so ``temporal_diff`` can pair them).
     """
 
     def __init__(self, variant, batch, crop, seed, device):
@@ -60,8 +62,22 @@ class Batches:
         c = self.crop
         if c >= SIZE:
             return video
-        ij = self.rng.integers(0, SIZE - c + 1, size=(video.shape[0], 2))
+        group = 1 if self.variant == "causal" else len(pixel_frames(self.variant))
+        ij = np.repeat(self.rng.integers(0, SIZE - c + 1, size=(-(-video.shape[0] // group), 2)), group, axis=0)
         return torch.stack([v[..., i:i + c, j:j + c] for v, (i, j) in zip(video, ij)])
+
+
+def temporal_diff(v: torch.Tensor, group: int) -> torch.Tensor:
+    """Frame-to-frame differences of a training batch. ``v``: (B, C, T, H, W). With T > 1 (causal
+    clips): v[:, :, 1:] - v[:, :, :-1]. With T == 1 (uniform: single frames, ``group`` consecutive batch
+    items per clip, ``Batches``' order): differences between consecutive items of a group; B must be a
+    multiple of ``group`` (ValueError otherwise)."""
+    if v.shape[2] > 1:
+        return v[:, :, 1:] - v[:, :, :-1]
+    if v.shape[0] % group:
+        raise ValueError(f"batch {v.shape[0]} is not a whole number of {group}-frame clips")
+    g = v.reshape(-1, group, *v.shape[1:])
+    return g[:, 1:] - g[:, :-1]
 
 
 class Step:
@@ -71,8 +87,9 @@ class Step:
     first call after three warm-up steps (they train too); inputs are copied into a static buffer.
     """
 
-    def __init__(self, vae, opt, ema, kl_weight, graph, ema_decay=0.999):
+    def __init__(self, vae, opt, ema, kl_weight, graph, ema_decay=0.999, dt_weight=0.0, group=1):
         self.vae, self.opt, self.ema, self.kl_weight = vae, opt, ema, kl_weight
+        self.dt_weight, self.group = dt_weight, group
         self.params = [p for p in vae.parameters() if p.requires_grad]
         self.ema_list = [ema[n] for n, p in vae.named_parameters() if p.requires_grad]
         self.decay = ema_decay
@@ -88,6 +105,8 @@ class Step:
         mse = F.mse_loss(rec, x)
         kl = post.kl().mean() / float(np.prod(z.shape[1:]))
         loss = (rec - x).abs().mean() + mse + self.kl_weight * kl
+        if self.dt_weight:  # frame-to-frame change of the reconstruction = that of the input (no flicker)
+            loss = loss + self.dt_weight * (temporal_diff(rec, self.group) - temporal_diff(x, self.group)).abs().mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
         self.opt.step()
@@ -219,15 +238,22 @@ def train(args):
     vae, ema, opt = build(args.variant, args.lr, dev, graph)
     ckpt = Path(args.ckpt)
     state = dict(step=0, seconds=0.0, seed=args.seed * 10_000_000, history=[], runs=[])
+    fresh_opt = not (ckpt / "optim.safetensors").exists()
     if (ckpt / "state.json").exists():
         state = load_ckpt(ckpt, vae, ema, opt, dev)
         log(f"resumed {ckpt} at step {state['step']} ({state['seconds'] / 60:.1f} min)")
-        if args.reset_ema:
-            with torch.no_grad():
-                for n, p in vae.named_parameters():
-                    ema[n].copy_(p)
+    elif args.init:
+        state = init_from_export(args.init, vae, ema, state)
+        log(f"started from exported {args.init} at step {state['step']} ({state['seconds'] / 60:.1f} min), new AdamW")
+    if args.reset_ema:
+        with torch.no_grad():
+            for n, p in vae.named_parameters():
+                ema[n].copy_(p)
     data = Batches(args.variant, args.batch, args.crop, state["seed"], dev)
-    step = Step(vae, opt, ema, args.kl, graph)
+    group = 1 if args.variant == "causal" else len(pixel_frames(args.variant))
+    if args.dt and args.batch % group:
+        raise ValueError(f"--dt needs --batch a multiple of {group} for the {args.variant} variant")
+    step = Step(vae, opt, ema, args.kl, graph, dt_weight=args.dt, group=group)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
@@ -236,12 +262,13 @@ def train(args):
         save_ckpt(ckpt, vae, ema, opt, state)
 
     t0, s0, n0 = time.time(), state["seconds"], state["step"]
-    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, graph=graph,
+    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt, graph=graph,
+               reset_ema=args.reset_ema, fresh_adamw=fresh_opt,
                device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
     last_eval = time.time()
     while not stop and time.time() - t0 < args.minutes * 60:
         k = state["step"]
-        lr = args.lr * min(1.0, (k + 1) / 100)
+        lr = args.lr * min(1.0, (k - (n0 if fresh_opt else 0) + 1) / 100)  # warm-up for every new AdamW
         for g in opt.param_groups:
             g["lr"].fill_(lr) if torch.is_tensor(g["lr"]) else g.__setitem__("lr", lr)
         mse, kl = step.run(data.next(), k)
@@ -263,6 +290,30 @@ def train(args):
     log(f"vae[{args.variant}] saved {ckpt} at step {state['step']}")
     if args.export:
         export(ema, args.variant, args.export, state, dev)
+
+
+def init_from_export(folder, vae, ema, state):
+    """Start from an exported VAE (``folder/vae``, save_pretrained) and continue its report's curve
+    (``folder/vae_report.json``: steps, minutes, runs, history, stream position): the resume path when
+    the ``runs/`` checkpoint (AdamW state) is gone. Loads into ``vae`` and ``ema`` in place; returns the
+    trainer state. Raises FileNotFoundError when either file is missing."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    rep = json.loads((folder / "vae_report.json").read_text())
+    w = {}
+    for f in sorted((folder / "vae").glob("*.safetensors")):
+        w.update(load_file(str(f), device=str(next(vae.parameters()).device)))
+    if not w:
+        raise FileNotFoundError(f"no safetensors under {folder / 'vae'}")
+    vae.load_state_dict(w)
+    with torch.no_grad():
+        for n, p in vae.named_parameters():
+            ema[n].copy_(p)
+    # the stream position: recorded since this function exists; before, every step drew `batch` clips
+    seed = rep.get("stream_seed", state["seed"] + sum((r["end_step"] - r["start_step"]) * r["batch"] for r in rep["runs"]))
+    return dict(step=rep["steps"], seconds=rep["minutes"] * 60, seed=seed, history=rep["history"], runs=rep["runs"],
+                init=str(folder))
 
 
 def _ema_heldout(vae, ema, variant, dev):
@@ -290,7 +341,8 @@ def export(weights, variant, out, state, dev, clips=64):
     e.to(torch.float32).save_pretrained(str(d / "vae"), safe_serialization=True, max_shard_size="15MB")
     rep = dict(variant=variant, steps=state["step"], minutes=round(state["seconds"] / 60, 2),
                heldout_psnr=round(clip_psnr, 2), heldout_psnr_per_frame=per_frame, heldout_clips=clips,
-               params=sum(p.numel() for p in e.parameters()), runs=state["runs"], history=state["history"])
+               params=sum(p.numel() for p in e.parameters()), runs=state["runs"], history=state["history"],
+               stream_seed=state["seed"])
     (d / "vae_report.json").write_text(json.dumps(rep, indent=1))
     log(f"vae[{variant}] exported {d}: held-out PSNR {clip_psnr:.2f} dB, per frame {per_frame}")
     return rep
@@ -405,12 +457,16 @@ def main(argv=None):
     t.add_argument("--crop", type=int, default=64, help="spatial crop side in pixels (128: whole frames)")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--kl", type=float, default=1e-4)
+    t.add_argument("--dt", type=float, default=0.0, help="weight of the L1 loss on frame-to-frame change "
+                   "(reconstruction's minus input's): penalises flicker the L1/L2 terms allow")
     t.add_argument("--graph", type=int, default=1, help="replay the step as a CUDA graph")
     t.add_argument("--seed", type=int, default=2)
     t.add_argument("--eval-every", type=float, default=120.0, help="seconds between held-out evaluations")
     t.add_argument("--ckpt", required=True, help="resume checkpoint folder (keep it under runs/)")
     t.add_argument("--export", default=None, help="folder for EMA weights + report")
     t.add_argument("--reset-ema", action="store_true", help="on resume, restart the EMA from the live weights")
+    t.add_argument("--init", default=None, help="when --ckpt holds no checkpoint: start from this export "
+                   "(folder with vae/ and vae_report.json, e.g. data/house/v2/causal) and continue its curve")
     e = sub.add_parser("export", help="checkpoint -> save_pretrained VAE + report (CPU is fine)")
     e.add_argument("--variant", choices=VARIANTS, default="causal")
     e.add_argument("--ckpt", required=True)
