@@ -131,3 +131,17 @@ def test_train_vae_init_from_export_continues_the_curve(tmp_path):
     assert state["history"] == rep["history"] and state["runs"] == runs
     for n, p in vae.named_parameters():
         assert torch.equal(p, src.state_dict()[n]) and torch.equal(ema[n], p)
+
+
+def test_recon_loss_terms_by_hand():
+    from stas.house.train_vae import recon_loss
+
+    x = torch.zeros(1, 1, 2, 2, 2)
+    rec = x.clone()
+    rec[0, 0, 1, 0, 0] = 0.5  # one pixel of frame 1 off by 0.5: flicker and an edge
+    base = 0.5 / 8 + 0.25 / 8  # mean |e| + mean e^2 over 8 values
+    assert torch.isclose(recon_loss(rec, x), torch.tensor(base))
+    # frame change: one of the 4 differences is 0.5
+    assert torch.isclose(recon_loss(rec, x, dt_weight=2.0), torch.tensor(base + 2.0 * 0.5 / 4))
+    # image gradients: one of 4 horizontal and one of 4 vertical differences is 0.5, each term mean 0.125
+    assert torch.isclose(recon_loss(rec, x, grad_weight=1.0), torch.tensor(base + 0.125 + 0.125))

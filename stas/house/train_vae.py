@@ -80,6 +80,20 @@ def temporal_diff(v: torch.Tensor, group: int) -> torch.Tensor:
     return g[:, 1:] - g[:, :-1]
 
 
+def recon_loss(rec, x, dt_weight=0.0, grad_weight=0.0, group=1):
+    """The VAE's reconstruction loss, a 0-dim float32 tensor: mean |rec - x| + mean (rec - x)^2
+    + ``dt_weight`` * mean |temporal_diff(rec) - temporal_diff(x)| (flicker the per-pixel terms allow)
+    + ``grad_weight`` * sum over H, W of mean |d(rec) - d(x)| (gradient difference loss, Mathieu et al.
+    2016, arXiv 1511.05440: sharp edges). ``rec``, ``x``: (B, C, T, H, W) float32 in [-1, 1]."""
+    loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
+    if dt_weight:
+        loss = loss + dt_weight * (temporal_diff(rec, group) - temporal_diff(x, group)).abs().mean()
+    if grad_weight:
+        for d in (-1, -2):
+            loss = loss + grad_weight * (rec.diff(dim=d) - x.diff(dim=d)).abs().mean()
+    return loss
+
+
 class Step:
     """One training step (loss, backward, clip, AdamW, EMA), eager or replayed as a CUDA graph.
 
@@ -87,9 +101,9 @@ class Step:
     first call after three warm-up steps (they train too); inputs are copied into a static buffer.
     """
 
-    def __init__(self, vae, opt, ema, kl_weight, graph, ema_decay=0.999, dt_weight=0.0, group=1):
+    def __init__(self, vae, opt, ema, kl_weight, graph, ema_decay=0.999, dt_weight=0.0, group=1, grad_weight=0.0):
         self.vae, self.opt, self.ema, self.kl_weight = vae, opt, ema, kl_weight
-        self.dt_weight, self.group = dt_weight, group
+        self.dt_weight, self.group, self.grad_weight = dt_weight, group, grad_weight
         self.params = [p for p in vae.parameters() if p.requires_grad]
         self.ema_list = [ema[n] for n, p in vae.named_parameters() if p.requires_grad]
         self.decay = ema_decay
@@ -104,9 +118,7 @@ class Step:
         rec = rec.float()
         mse = F.mse_loss(rec, x)
         kl = post.kl().mean() / float(np.prod(z.shape[1:]))
-        loss = (rec - x).abs().mean() + mse + self.kl_weight * kl
-        if self.dt_weight:  # frame-to-frame change of the reconstruction = that of the input (no flicker)
-            loss = loss + self.dt_weight * (temporal_diff(rec, self.group) - temporal_diff(x, self.group)).abs().mean()
+        loss = recon_loss(rec, x, self.dt_weight, self.grad_weight, self.group) + self.kl_weight * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
         self.opt.step()
@@ -253,7 +265,7 @@ def train(args):
     group = 1 if args.variant == "causal" else len(pixel_frames(args.variant))
     if args.dt and args.batch % group:
         raise ValueError(f"--dt needs --batch a multiple of {group} for the {args.variant} variant")
-    step = Step(vae, opt, ema, args.kl, graph, dt_weight=args.dt, group=group)
+    step = Step(vae, opt, ema, args.kl, graph, dt_weight=args.dt, group=group, grad_weight=args.grad)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
@@ -262,7 +274,7 @@ def train(args):
         save_ckpt(ckpt, vae, ema, opt, state)
 
     t0, s0, n0 = time.time(), state["seconds"], state["step"]
-    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt, graph=graph,
+    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt, grad=args.grad, graph=graph,
                reset_ema=args.reset_ema, fresh_adamw=fresh_opt,
                device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
     last_eval = time.time()
@@ -459,6 +471,8 @@ def main(argv=None):
     t.add_argument("--kl", type=float, default=1e-4)
     t.add_argument("--dt", type=float, default=0.0, help="weight of the L1 loss on frame-to-frame change "
                    "(reconstruction's minus input's): penalises flicker the L1/L2 terms allow")
+    t.add_argument("--grad", type=float, default=0.0, help="weight of the L1 loss on spatial image gradients "
+                   "(gradient difference loss): sharpens the corners the shape detector reads")
     t.add_argument("--graph", type=int, default=1, help="replay the step as a CUDA graph")
     t.add_argument("--seed", type=int, default=2)
     t.add_argument("--eval-every", type=float, default=120.0, help="seconds between held-out evaluations")
