@@ -3,6 +3,8 @@
     python benchmarks/overhead.py                     # GPU, ~6 min: writes benchmarks/results/overhead.json
     python benchmarks/overhead.py --small             # seconds-long smoke run on the CPU (writes nothing)
     python benchmarks/overhead.py --readme            # README performance table from the committed JSON
+    python benchmarks/overhead.py --parts compiled_profile && python benchmarks/overhead.py --readme
+        # GPU, ~2 min: only the profiler part, merged into the committed JSON (other parts kept), README table
 
 Random bf16 weights and text embeddings (timing does not depend on them); 81 frames at 480 x 832
 (32 760 tokens), text length 512. Parts, in this order (``--parts``; the JSON is rewritten after each
@@ -21,12 +23,26 @@ part, so a run cut short keeps what it measured):
   spread); graphs added, graph breaks, host syncs (CUDA sync debug mode "error").
 * ``pipeline``: 10 steps of ``WanPipeline`` (CFG, ``prompt_embeds``, latents out) without hooks,
   with record on all blocks, with STAS, as ratios to no hooks, and the device memory record took.
+* ``compiled_profile``: record's GPU kernel time in compiled blocks without wall-clock noise.
+  ``torch.profiler`` (``ProfilerActivity.CUDA``; on the CPU ``ProfilerActivity.CPU``, ops' self time)
+  records ``--profile-forwards`` compiled forwards without hooks and as many with record on all blocks,
+  per reduction backend, ``--profile-repeats`` times (order rotated). Kernels are matched by name
+  between the two profiles (`canonical_kernel`: inductor's per-graph index dropped); the hook's time
+  per forward is that of the kernel launches the hooked forward runs beyond the hook-free one, minus
+  those it no longer runs (`attribute`): the Triton kernels of `stas._kernels` (``_main_pass``,
+  ``_final_pass``) or the torch reduction's kernels, plus anything the compiled graph adds for the
+  hook. Reported per block and as % of the hook-free forward's total kernel time, median and spread
+  over the repeats, with the raw difference of total kernel time as a cross-check.
+
+A run with a subset of ``--parts`` writing to an existing results file keeps that file's other parts
+(and its header; the profiler part carries its own date and versions).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -55,6 +71,7 @@ SWEEP = [dict(block_n=bn, block_d=bd, rows_per_program=r, num_warps=w, acc2d=a, 
              (32, 256, 512, 8, True, 2), (16, 512, 512, 8, True, 3), (16, 512, 1024, 8, True, 1),
              (32, 128, 512, 4, True, 3), (64, 128, 1024, 8, True, 3), (32, 256, 256, 4, False, 1)]]
 MARKERS = ("<!-- overhead-table:begin -->", "<!-- overhead-table:end -->")
+PARTS = ("kernel", "eager", "pipeline", "compiled", "compiled_profile")  # the default order
 
 
 def timer(device, hide_launches=False):
@@ -113,6 +130,7 @@ class Bench:
         self.tm = timer(self.device)
         self.tm_gpu = timer(self.device, hide_launches=True)
         self.steer_cfg = stas.STASConfig(alpha=1.0, steps=1, blocks=[self.mid], channels=CHANNELS)
+        self.compiled = False  # blocks compiled (`compile_blocks`)
         import diffusers
 
         self.res = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if self.cuda else "cpu",
@@ -150,6 +168,14 @@ class Bench:
         h[:, :4, 3] = 900.0
         h[:, :, 7] -= 40.0
         return h.to(dtype or self.dtype)
+
+
+def compile_blocks(b: Bench):
+    """diffusers' ``compile_repeated_blocks(fullgraph=True)`` on the transformer, once per run (backend
+    "eager" on the CPU)."""
+    if not b.compiled:
+        b.t.compile_repeated_blocks(fullgraph=True, **({} if b.cuda else {"backend": "eager"}))
+        b.compiled = True
 
 
 class _Null:
@@ -313,7 +339,7 @@ def part_mode(b: Bench, mode):
 
     compiled = mode == "compiled"
     if compiled:
-        b.t.compile_repeated_blocks(fullgraph=True, **({} if b.cuda else {"backend": "eager"}))
+        compile_blocks(b)
     variants = b.variants(steer=not compiled or b.args.compiled_steer)
     rows, graphs = {}, {}
     with torch.no_grad():
@@ -396,7 +422,7 @@ def part_pipeline(b: Bench):
 
     times = {n: [] for n in variants}
     with torch.no_grad():
-        if "compiled" in b.res:  # compiled blocks: compile every variant's graph before timing
+        if b.compiled:  # compiled blocks: compile every variant's graph before timing
             for name, make in variants.items():
                 with make():
                     call()
@@ -420,10 +446,215 @@ def part_pipeline(b: Bench):
                 b.log(f"pipeline {name}: {times[name][-1]:.2f} s")
     base = statistics.median(times["none"])
     mem["formula_bytes"] = recording_bytes(b.n_blocks, b.d, b.layout.num_tokens, steps, channels=len(CHANNELS))
-    b.res["pipeline"] = {"mode": "compiled" if "compiled" in b.res else "eager", "steps": steps, "cfg": True,
+    b.res["pipeline"] = {"mode": "compiled" if b.compiled else "eager", "steps": steps, "cfg": True,
                          "repeats": b.args.pipeline_repeats, "seconds": times,
                          "ratio": {n: statistics.median(v) / base for n, v in times.items()}, "record_memory": mem}
     b.log(f"pipeline ratios: {json.dumps(b.res['pipeline']['ratio'])}; record memory {mem}")
+    b.save()
+
+
+# -- compiled_profile: the hook's kernel time from torch.profiler -----------------------------------
+
+STAS_KERNELS = ("_main_pass", "_final_pass")  # the Triton kernels of stas/_kernels.py, as the profiler names them
+DEVICE_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto activity types of GPU work (not annotations)
+
+
+def canonical_kernel(name: str) -> str:
+    """A kernel's name without what differs between two compiled graphs of the same code: inductor's
+    per-graph kernel index (``triton_poi_fused_add_mul_3`` -> ``triton_poi_fused_add_mul``) and the
+    frame / graph id of a compiled region (``Torch-Compiled Region: 0/1`` -> ``Torch-Compiled Region``).
+    Other names (CUDA library kernels, ``_main_pass``, ``Memcpy DtoD ...``, ``aten::`` ops) are kept."""
+    if name.startswith("triton_"):
+        return re.sub(r"_\d+$", "", name)
+    return re.sub(r"^(Torch-Compiled Region|CompiledFunction).*$", r"\1", name)
+
+
+def is_stas_kernel(name: str) -> bool:
+    """Whether a profiled kernel is one of `stas._kernels`' Triton kernels (with or without a
+    ``triton_`` prefix or an index suffix)."""
+    n = canonical_kernel(name).removeprefix("triton_").lstrip("_")
+    return n in {k.lstrip("_") for k in STAS_KERNELS}
+
+
+def _event_us(e, device: bool) -> float:
+    """Duration of one profiler event in µs: a GPU event's own duration (its time range; else the
+    ``self_device_time_total`` / ``device_time_total`` attributes of torch >= 2.4, else the older
+    ``cuda_time_total``), a CPU op's self time (``self_cpu_time_total``)."""
+    if not device:
+        return float(e.self_cpu_time_total)
+    tr = getattr(e, "time_range", None)
+    if tr is not None:
+        return float(tr.end - tr.start)
+    for a in ("self_device_time_total", "device_time_total", "self_cuda_time_total", "cuda_time_total"):
+        v = getattr(e, a, None)
+        if v is not None:
+            return float(v)
+    raise AttributeError(f"profiler event {e.name!r} has no duration attribute")
+
+
+def kernel_times(events, device: bool = True) -> dict:
+    """``{canonical name: [launches, µs]}`` of a profile's events (``prof.events()``, `FunctionEvent`).
+
+    ``device``: GPU kernels, memcpys and memsets (events whose ``device_type`` is not CPU; annotations
+    that kineto mirrors on the GPU timeline, ``gpu_user_annotation``, and ``cuda_sync`` waits are left
+    out: they span kernels already counted), each with its own duration. Else (a CPU profile) CPU ops
+    with their self time (user annotations and Python functions left out), so that nested ops are
+    counted once. Names: `canonical_kernel`."""
+    from torch.autograd import DeviceType
+
+    out = {}
+    for e in events:
+        act = getattr(e, "activity_type", None)
+        if getattr(e, "is_user_annotation", False) or getattr(e, "is_python_function", False) \
+                or getattr(e, "is_async", False) or (isinstance(act, str) and "annotation" in act):
+            continue
+        on_device = getattr(e, "device_type", DeviceType.CPU) != DeviceType.CPU
+        if on_device != device or (device and isinstance(act, str) and act not in DEVICE_ACTIVITIES):
+            continue
+        row = out.setdefault(canonical_kernel(e.name), [0, 0.0])
+        row[0] += 1
+        row[1] += _event_us(e, device)
+    return out
+
+
+def attribute(with_hook: dict, without: dict, forwards_with: int = 1, forwards_without: int = 1) -> dict:
+    """GPU time per forward that a hook adds, from two `kernel_times` tables (``forwards_with`` hooked
+    forwards, ``forwards_without`` hook-free ones).
+
+    Per name, launches and time are divided by the forwards. A name launched more often with the hook
+    adds its extra launches at their mean duration with the hook (a name only in the hooked profile:
+    all its time); a name launched less often removes its missing launches at their mean duration
+    without the hook (e.g. a kernel fused differently once the hook is in the graph). Names launched
+    equally often add nothing: their differences are run-to-run noise. Returns (µs per forward)
+    ``us`` = added - removed, ``added_us``, ``removed_us``, ``stas_us`` (the `stas._kernels` launches
+    among the added), ``diff_us`` = total with - total without (all kernels, noise included),
+    ``total_with_us``, ``total_without_us``, and ``added`` / ``removed``: ``{name: {"calls", "us"}}``."""
+    per = lambda tab, n: {k: (c / n, t / n) for k, (c, t) in tab.items()}  # noqa: E731
+    w, o = per(with_hook, forwards_with), per(without, forwards_without)
+    added, removed = {}, {}
+    for name in sorted(set(w) | set(o)):
+        (cw, tw), (co, to) = w.get(name, (0, 0.0)), o.get(name, (0, 0.0))
+        if cw - co > 1e-9:
+            added[name] = {"calls": cw - co, "us": (cw - co) * tw / cw}
+        elif co - cw > 1e-9:
+            removed[name] = {"calls": co - cw, "us": (co - cw) * to / co}
+    add, rem = sum(v["us"] for v in added.values()), sum(v["us"] for v in removed.values())
+    tot_w, tot_o = sum(t for _, t in w.values()), sum(t for _, t in o.values())
+    return {"us": add - rem, "added_us": add, "removed_us": rem,
+            "stas_us": sum(v["us"] for k, v in added.items() if is_stas_kernel(k)),
+            "diff_us": tot_w - tot_o, "total_with_us": tot_w, "total_without_us": tot_o,
+            "added": added, "removed": removed}
+
+
+def spread(values) -> dict:
+    """Median, quartiles, min and max of a list of numbers."""
+    v = sorted(values)
+    q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
+    return {"median": statistics.median(v), "q25": q[0], "q75": q[2], "min": v[0], "max": v[-1]}
+
+
+def _merge_tables(tables) -> dict:
+    out = {}
+    for tab in tables:
+        for name, (c, t) in tab.items():
+            row = out.setdefault(name, [0, 0.0])
+            row[0] += c
+            row[1] += t
+    return out
+
+
+def part_compiled_profile(b: Bench):
+    """Compiled blocks: record's kernel time per block from torch.profiler, per backend (module doc)."""
+    from torch._dynamo.utils import counters
+    from torch.profiler import ProfilerActivity, profile
+
+    compile_blocks(b)
+    k, reps, nb = b.args.profile_forwards, b.args.profile_repeats, b.n_blocks
+    act = ProfilerActivity.CUDA if b.cuda else ProfilerActivity.CPU
+    # CPU activity on CUDA too (a defensive choice, as in tritonbench's profiler mode: kernel events went
+    # missing from some CUDA-only traces); kernel_times keeps the GPU events, without kineto's GPU mirrors
+    # of CPU ranges (annotations)
+    acts = [ProfilerActivity.CPU] + ([act] if b.cuda else [])
+    sync = torch.cuda.synchronize if b.cuda else (lambda: None)
+    rec = lambda: stas.record(b.t, channels=CHANNELS)  # noqa: E731
+
+    def profiled(name):
+        """kernel_times of k forwards, wall ms per forward (under the profiler)."""
+        with torch.no_grad(), (_Null() if name == "none" else rec()):
+            use_backend(None if name == "none" else name)
+            try:
+                if name != "none":
+                    b.forward()  # the first call of a record context allocates the run's buffers
+                sync()
+                with profile(activities=acts) as p:
+                    t0 = time.perf_counter()
+                    for _ in range(k):
+                        b.forward()
+                    sync()
+                    wall = (time.perf_counter() - t0) * 1e3 / k
+            finally:
+                use_backend(None)
+        tab = kernel_times(p.events(), device=b.cuda)
+        if not tab:
+            raise RuntimeError(f"torch.profiler recorded no {act.name} events for {name!r}")
+        return tab, wall
+
+    names, failed = ["none"], {}
+    with torch.no_grad():  # warm-up: compile each variant's graph (once: the backend runs inside the op)
+        b.forward(), b.forward()
+        for name in b.backends:
+            try:
+                with rec():
+                    use_backend(name)
+                    b.forward(), b.forward()
+                names.append(name)
+            except Exception as e:  # one failing backend must not cost the others' numbers
+                failed[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            finally:
+                use_backend(None)
+    b.log(f"[compiled_profile] warmed up: {names[1:]}; profiling {reps} x {k} forwards per variant")
+    before = counters["stats"]["unique_graphs"]
+    tables, walls = {n: [] for n in names}, {n: [] for n in names}
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            tab, wall = profiled(name)
+            tables[name].append(tab)
+            walls[name].append(wall)
+    none_tot = [sum(t for _, t in tab.values()) / k for tab in tables["none"]]
+    out = {"date": time.strftime("%Y-%m-%d"), "device": b.res["device"], "torch": torch.__version__,
+           "triton": getattr(_kernels.triton, "__version__", None), "triton_config": dict(_kernels.CONFIG),
+           "activity": act.name, "time": "GPU kernel time" if b.cuda else "CPU ops' self time",
+           "forwards_per_profile": k, "repeats": reps, "blocks": nb,
+           "forward_kernel_ms": statistics.median(none_tot) / 1e3,
+           "forward_wall_ms_profiled": statistics.median(walls["none"]),
+           "graphs_added_while_profiling": counters["stats"]["unique_graphs"] - before, "backends": dict(failed)}
+    for name in names[1:]:
+        runs = [attribute(tw, to, k, k) for tw, to in zip(tables[name], tables["none"])]
+        us = spread([a["us"] / nb for a in runs])
+        pct = spread([100 * a["us"] / a["total_without_us"] for a in runs])
+        diff = spread([a["diff_us"] / nb for a in runs])
+        pooled = attribute(_merge_tables(tables[name]), _merge_tables(tables["none"]), k * reps, k * reps)
+        top = lambda d: dict(sorted(d.items(), key=lambda kv: -kv[1]["us"])[:12])  # noqa: E731
+        out["backends"][name] = {
+            "us_per_block": us["median"], **{f"us_{q}": us[q] for q in ("q25", "q75", "min", "max")},
+            "pct_of_forward_kernels": pct["median"], "pct_min": pct["min"], "pct_max": pct["max"],
+            "stas_kernels_us_per_block": statistics.median(a["stas_us"] / nb for a in runs),
+            "diff_us_per_block": diff["median"], "diff_q25": diff["q25"], "diff_q75": diff["q75"],
+            "repeats_us_per_block": [a["us"] / nb for a in runs],
+            "forward_wall_ms_profiled": statistics.median(walls[name]),
+            "kernels_added": top(pooled["added"]), "kernels_removed": top(pooled["removed"])}
+        row = out["backends"][name]
+        kern = ", ".join(f"{n} {v['calls']:g}x {v['us']:.0f} us" for n, v in list(row["kernels_added"].items())[:4])
+        b.log(f"[compiled_profile] record, {name}: {row['us_per_block']:.1f} us per block [{us['min']:.1f}, "
+              f"{us['max']:.1f}] = {row['pct_of_forward_kernels']:.3f} % of the forward's kernel time; "
+              f"total kernel-time difference {row['diff_us_per_block']:.1f} us per block; added per forward: {kern}; "
+              f"removed: {list(row['kernels_removed'])[:4] or 'none'}")
+    b.log(f"[compiled_profile] hook-free forward: {out['forward_kernel_ms']:.1f} ms of kernel time, "
+          f"{out['forward_wall_ms_profiled']:.1f} ms wall under the profiler; graphs added while profiling: "
+          f"{out['graphs_added_while_profiling']}")
+    if b.cuda and out["forward_kernel_ms"] > 1.02 * out["forward_wall_ms_profiled"]:
+        b.log("[compiled_profile] WARNING: kernel time exceeds wall time: events counted twice? (see kernel_times)")
+    b.res["compiled_profile"] = out
     b.save()
 
 
@@ -445,7 +676,8 @@ def decide(res: dict, margin: float = 1.2):
             "line": f'CUDA_BACKEND = "{recommend}"  # stas/_kernels.py'}
 
 
-EST_S = {"kernel": 60, "eager": 60, "compiled": 180}  # rough H200 wall times of the parts, compile included
+# rough H200 wall times of the parts, compile included
+EST_S = {"kernel": 60, "eager": 60, "compiled": 180, "compiled_profile": 120}
 
 
 def fits(b: Bench, part: str, later) -> bool:
@@ -482,7 +714,8 @@ def table(res: dict) -> str:
                   f"(default on CUDA: `{res['cuda_backend']}`; Triton tile {tile}; one read of the block output "
                   f"(`flat.sum(0)`): {kern['read_floor_us']:.1f} µs):", "",
                   "| reduction | kernel alone, µs/block | eager, µs/block | eager, % of forward | "
-                  "compiled, µs/block (median [IQR]) | compiled, % of forward | max rel. error (max, mean) vs float64 |",
+                  "compiled, wall clock, µs/block (median [IQR]) | compiled, wall clock, % of forward | "
+                  "max rel. error (max, mean) vs float64 |",
                   "|---|---|---|---|---|---|---|"]
         for name, row in kern.get("backends", {}).items():
             e = res.get("eager", {}).get("hooks", {}).get(name, {})
@@ -499,8 +732,9 @@ def table(res: dict) -> str:
                          f"(`{dec['best_torch']}`); CUDA default by this run: `{dec['recommend_cuda_backend']}`.")
         rounds = res.get("compiled", {}).get("hooks", {}).get("rounds")
         if rounds:
-            lines.append(f"\nCompiled: one compiled block with minus without the hook, paired over {rounds} "
-                         "interleaved rounds (median and interquartile range), x blocks.")
+            lines.append(f"\nCompiled, wall clock: one compiled block with minus without the hook, paired over "
+                         f"{rounds} interleaved rounds (median and interquartile range), x blocks.")
+    lines += profile_table(res)
     fw = [(m, res[m]) for m in ("eager", "compiled") if m in res]
     if fw:
         lines += ["", "| mode | variant | forward, ms (median) | vs none | graphs added | host syncs in forward |",
@@ -526,6 +760,38 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def profile_table(res: dict) -> list:
+    """The README lines of the ``compiled_profile`` part (profiler kernel time), [] if not measured."""
+    prof = res.get("compiled_profile", {})
+    if not prof.get("backends"):
+        return []
+    short = lambda n: f"`{n}`" if len(n) <= 40 else f"`{n[:37]}...`"  # noqa: E731
+    unit = "GPU kernel time" if prof["activity"] == "CUDA" else "CPU ops' self time"
+    when = "" if (prof["date"], prof["torch"]) == (res.get("date"), res.get("torch")) else \
+        f"; measured {prof['date']} on {prof['device']}, torch {prof['torch']}, triton {prof.get('triton')}"
+    lines = ["", f"Compiled, `record`'s {unit} from `torch.profiler` (`ProfilerActivity.{prof['activity']}`; the "
+                 f"durations of the kernels, not wall clock{when}; `--parts compiled_profile`): {prof['repeats']} "
+                 f"profiles of {prof['forwards_per_profile']} forward(s) with record on all {prof['blocks']} blocks "
+                 f"and as many without, per reduction; the hook's kernels are the launches the hooked forward runs "
+                 f"beyond the hook-free one, matched by kernel name, minus any it no longer runs; % of the hook-free "
+                 f"forward's {unit} ({prof['forward_kernel_ms']:.1f} ms):", "",
+             "| reduction | profiler: hook's kernels, µs/block (median [min, max]) | % of the forward's kernel time "
+             "(median [min, max]) | total kernel time with minus without, µs/block (median [IQR]) | "
+             "kernels added per forward (launches, µs) |", "|---|---|---|---|---|"]
+    for name, row in prof["backends"].items():
+        if "error" in row:
+            lines.append(f"| `{name}` | {row['error']} | | | |")
+            continue
+        kern = "; ".join(f"{short(n)} {v['calls']:g}x {v['us']:.0f}" for n, v in list(row["kernels_added"].items())[:3])
+        if row["kernels_removed"]:
+            kern += "; removed: " + "; ".join(f"{short(n)} {v['calls']:g}x {v['us']:.0f}"
+                                              for n, v in list(row["kernels_removed"].items())[:2])
+        lines.append(f"| `{name}` | {row['us_per_block']:.1f} [{row['us_min']:.1f}, {row['us_max']:.1f}] | "
+                     f"{row['pct_of_forward_kernels']:.3f} % [{row['pct_min']:.3f}, {row['pct_max']:.3f}] | "
+                     f"{row['diff_us_per_block']:.1f} [{row['diff_q25']:.1f}, {row['diff_q75']:.1f}] | {kern} |")
+    return lines
+
+
 def replace_between(readme: Path, markers: tuple, block: str) -> None:
     """Replace the text between the two ``markers`` lines of ``readme`` by ``block`` (generated tables)."""
     text = readme.read_text()
@@ -541,11 +807,13 @@ def update_readme(res: dict, readme: Path = ROOT / "README.md") -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="tiny config on the CPU (smoke test)")
-    ap.add_argument("--parts", default="kernel,eager,pipeline,compiled", help="which parts, in this order")
+    ap.add_argument("--parts", default=",".join(PARTS), help="which parts, in this order")
     ap.add_argument("--repeats", type=int, default=10, help="forwards per variant (median)")
     ap.add_argument("--block-rounds", type=int, default=15, help="compiled: interleaved block rounds per backend")
     ap.add_argument("--pipeline-steps", type=int, default=10)
     ap.add_argument("--pipeline-repeats", type=int, default=2)
+    ap.add_argument("--profile-repeats", type=int, default=5, help="compiled_profile: profiles per variant (spread)")
+    ap.add_argument("--profile-forwards", type=int, default=2, help="compiled_profile: forwards per profile")
     ap.add_argument("--no-sweep", action="store_true", help="skip the Triton tile sweep")
     ap.add_argument("--compiled-steer", action="store_true", help="also compile and time STAS (one more graph)")
     ap.add_argument("--budget-s", type=float, default=540, help="wall-time budget: a part that would not fit is "
@@ -561,11 +829,18 @@ def main():
         args.out = str(RESULTS)
     if args.small:
         args.repeats, args.block_rounds, args.pipeline_steps, args.pipeline_repeats = 2, 3, 2, 1
+        args.profile_repeats, args.profile_forwards = 2, 1
+    order = args.parts.split(",")
+    unknown = [p for p in order if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown parts {unknown}; choose from {list(PARTS)}")
     b = Bench(args)
     parts = {"kernel": part_kernel, "eager": lambda b: part_mode(b, "eager"),
-             "compiled": lambda b: part_mode(b, "compiled"), "pipeline": part_pipeline}
-    order = args.parts.split(",")
+             "compiled": lambda b: part_mode(b, "compiled"), "pipeline": part_pipeline,
+             "compiled_profile": part_compiled_profile}
+    merged = merge_previous(b, order)
     for i, name in enumerate(order):
+        b.res.get("skipped", {}).pop(name, None)
         if not fits(b, name, order[i + 1:]):
             continue
         b.log(f"part {name}")
@@ -573,9 +848,25 @@ def main():
     b.res["decision"] = decide(b.res)
     if b.res["decision"]:
         b.log(f"decision: {b.res['decision']}")
-    b.res["wall_s"] = time.perf_counter() - b.t0
+    if not merged:
+        b.res["wall_s"] = time.perf_counter() - b.t0
     b.save()
     print(table(b.res))
+
+
+def merge_previous(b: Bench, order) -> bool:
+    """A run of some of the parts into an existing results file of the same configuration keeps that
+    file's other parts and header (e.g. ``--parts compiled_profile`` after a full run). True if merged."""
+    out = Path(b.args.out) if b.args.out else None
+    if out is None or not out.exists() or set(PARTS) <= set(order):
+        return False
+    old = json.loads(out.read_text())
+    if old.get("small") != b.res["small"] or old.get("shape") != b.res["shape"]:
+        b.log(f"{out} holds another configuration: rewritten, not merged")
+        return False
+    b.res = {**b.res, **{k: v for k, v in old.items() if k not in order}}
+    b.log(f"keeping {[p for p in PARTS if p in old and p not in order]} and the header of {out}")
+    return True
 
 
 if __name__ == "__main__":

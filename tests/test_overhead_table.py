@@ -83,7 +83,8 @@ def test_readme_table_is_the_committed_results():
 
 def test_small_benchmark_runs_on_cpu(tmp_path):
     """``benchmarks/overhead.py --small``: every part runs on the CPU, statistics equal float64, one compiled
-    graph per hook configuration, no graph breaks, the README table renders from its JSON."""
+    graph per hook configuration, no graph breaks, the profiler finds the hook's ops, the README table
+    renders from its JSON."""
     import subprocess
     import sys
 
@@ -98,4 +99,10 @@ def test_small_benchmark_runs_on_cpu(tmp_path):
     assert res["compiled"]["graph_breaks"] == 0 and res["compiled"]["graphs_added_while_timing_hooks"] == 0
     assert res["compiled"]["forward"]["record (4 blocks)"]["graphs_added"] == 1
     assert set(res["pipeline"]["ratio"]) == {"none", "record", "STAS"}
+    prof = res["compiled_profile"]  # CPU ops of the compiled forwards under torch.profiler
+    assert prof["activity"] == "CPU" and prof["graphs_added_while_profiling"] == 0
+    row = prof["backends"]["torch"]
+    assert row["kernels_added"]["stas::block_stats"]["calls"] == 4  # one opaque op per block and forward
+    assert row["kernels_added"]["aten::aminmax"]["calls"] == 4 and row["kernels_removed"] == {}
+    assert row["us_per_block"] > 0 and len(row["repeats_us_per_block"]) == prof["repeats"] == 2
     assert overhead.table(res) in r.stdout
