@@ -145,3 +145,23 @@ def test_recon_loss_terms_by_hand():
     assert torch.isclose(recon_loss(rec, x, dt_weight=2.0), torch.tensor(base + 2.0 * 0.5 / 4))
     # image gradients: one of 4 horizontal and one of 4 vertical differences is 0.5, each term mean 0.125
     assert torch.isclose(recon_loss(rec, x, grad_weight=1.0), torch.tensor(base + 0.125 + 0.125))
+
+
+def test_fused_norm_silu_is_the_stock_vae_with_the_same_keys():
+    from stas.house.train_vae import FusedRMSNormSiLU, fuse_norm_silu_
+
+    torch.manual_seed(0)
+    stock = make_vae("causal").eval()
+    fused = make_vae("causal").eval()
+    fused.load_state_dict(stock.state_dict())
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanResidualBlock
+
+    blocks = sum(isinstance(m, WanResidualBlock) for m in stock.modules())
+    assert fuse_norm_silu_(fused) == 2 * blocks == 16  # two norms in each residual block
+    assert fuse_norm_silu_(fused) == 0  # idempotent
+    assert list(fused.state_dict()) == list(stock.state_dict())
+    assert any(isinstance(m, FusedRMSNormSiLU) for m in fused.modules())
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = stock(x).sample, fused(x).sample  # CPU: the same ops, uncompiled: bit for bit
+    assert torch.equal(a, b)
