@@ -24,12 +24,19 @@ from . import registry
 from .adapters import CogVideoXAdapter, WanAdapter, get_adapter
 
 def default_device_dtype(device=None, dtype=None):
-    """(device, dtype): CUDA + bf16 when available, else CPU + float32; explicit values win."""
+    """(device, dtype): CUDA + bf16 when available, else CPU + float32; explicit values win.
+
+    An indexed CPU device (``cpu:0``, what accelerate's ``PartialState.device`` is in a CPU process
+    group) is returned as ``cpu``: ``.to("cpu:0")`` copies every weight into freshly allocated
+    (64-byte aligned) memory, while ``.to("cpu")`` keeps the tensors `from_pretrained` read (8-byte
+    aligned safetensors offsets), and CPU matrix products round differently by alignment, so the same
+    weights would give clips one float32 rounding apart."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if dtype is None:
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return torch.device(device), dtype
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return (torch.device("cpu") if device.type == "cpu" else device), dtype
 
 
 def load(name_or_path: str, device=None, dtype=None):
