@@ -31,7 +31,8 @@ import torch
 
 from .layout import POSITION_CLASSES, TokenLayout
 
-__all__ = ["magnitudes", "class_table", "frame_profiles", "estimate_boundary_width", "hierarchy_grid"]
+__all__ = ["magnitudes", "class_table", "frame_class_means", "frame_profiles", "estimate_boundary_width",
+           "hierarchy_grid"]
 
 
 # positions per latent frame the boundary-width rule needs: a middle-half reference of >= 4 and a cap of >= 2
@@ -87,6 +88,25 @@ def class_table(values, layout: TokenLayout, boundary_width: int = 1, unit: str 
         r = out["per_run"][num] / out["per_run"]["interior"]
         key = ("first" if num == "first_frame" else "boundary") + "/interior"
         out[key] = {"per_run": r, "mean": float(np.mean(r)), "std": sd(r)}
+    return out
+
+
+def frame_class_means(values, layout: TokenLayout, boundary_width: int = 1, unit: str = "tokens") -> dict:
+    """Mean |value| per latent (token-)frame, over the whole frame and over each position class.
+
+    ``values``: (L,) or (R, L) per-token values (R runs; |.| is taken), L = ``layout.num_tokens``.
+    Returns ``{"frame": (R, F), "first_frame": (R, F), "boundary": (R, F), "interior": (R, F)}``
+    float numpy arrays, F = ``layout.frames``: the mean over the frame's tokens, and over those of
+    its tokens in each class (`TokenLayout.position_masks`); NaN where a frame holds none of a class
+    (``first_frame`` lives only in frame 0, ``boundary``/``interior`` only in frames 1..).
+    """
+    v = _t(values).float().abs()
+    g = layout.to_grid(v.reshape(-1, v.shape[-1])).flatten(-2)                      # (R, F, P)
+    out = {"frame": g.mean(-1).numpy()}
+    for k, m in layout.position_masks(boundary_width, unit).items():
+        w = layout.to_grid(m.float()).flatten(-2)                                     # (F, P)
+        n = w.sum(-1)
+        out[k] = torch.where(n > 0, (g * w).sum(-1) / n.clamp(min=1), torch.tensor(float("nan"))).numpy()
     return out
 
 

@@ -12,6 +12,7 @@ latent frames a sequential one.
 from __future__ import annotations
 
 import contextlib
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -498,22 +499,28 @@ __all__ += ["compare_clips", "ma_across_blocks", "method_forest", "ablation_grid
             "METHOD_COLORS"]
 
 
-def token_panels(panels: dict, layout: TokenLayout, ylabel: str = "h on MA channel (signed)", title: str | None = None):
+def token_panels(panels: dict, layout: TokenLayout, ylabel: str = "h on MA channel (signed)", title: str | None = None,
+                 mark=None):
     """Per-token values along the sequence, one panel per entry of ``panels`` ({panel title:
     {label: (L,) values}}), latent-frame boundaries dashed, frame 0 shaded (e.g. baseline vs steered
-    at the steered block and downstream)."""
+    at the steered block and downstream). ``mark``: optional (L,) bool mask of tokens drawn as dots
+    on every line (e.g. the positions STAS writes)."""
+    mark = None if mark is None else _np(mark).astype(bool)
     with style():
         fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, 1.9 * len(panels) + 0.3), squeeze=False, sharex=True)
         for ax, (name, series) in zip(axes[:, 0], panels.items()):
             ax.axvspan(-0.5, layout.tokens_per_frame - 0.5, color=CLASS_COLORS["first_frame"], alpha=0.08)
-            for i, (lab, v) in enumerate(series.items()):
+            for i, (lab, v) in enumerate(series.items()):   # the first series on top: later ones show where they differ
                 v = _np(v)
-                ax.plot(np.arange(len(v)), v, lw=0.8, color=_method_color(lab, i), label=lab, alpha=0.9)
+                ax.plot(np.arange(len(v)), v, lw=0.8, color=_method_color(lab, i), label=lab, alpha=0.9,
+                        zorder=2 + len(series) - i)
+                if mark is not None:
+                    ax.scatter(np.flatnonzero(mark), v[mark], s=5, color=_method_color(lab, i), zorder=3 + len(series))
             for f in range(1, layout.frames):
                 ax.axvline(f * layout.tokens_per_frame - 0.5, color="k", ls="--", lw=0.5, alpha=0.5)
             ax.set_title(name, fontsize=8)
             ax.set_ylabel(ylabel, fontsize=7)
-            ax.legend(loc="upper right", ncol=len(series))
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         axes[-1, 0].set_xlabel("token index (latent frames separated by dashed lines; frame 0 shaded)")
         if title:
             fig.suptitle(title, fontsize=9)
@@ -622,3 +629,151 @@ def seam_profile_floor(profiles: dict, temporal_factor: int = 4, references=("re
 
 
 __all__ += ["seam_profile_floor"]
+
+
+# --- figures a reader of the paper expects (issue 11) ---------------------------------------------
+def steered_channels(values: dict, layout: TokenLayout, positions=("first_frame", "boundary"), boundary_width: int = 1,
+                     unit: str = "tokens", title: str | None = None):
+    """Before/after at the steered block, one panel per channel: the signed block-output value of
+    each token (``values``: ``{channel: {label: (L,) values}}``, e.g. ``{"baseline", "stas"}``), the
+    tokens STAS writes (``positions`` with ``boundary_width`` ``unit``, `TokenLayout.position_mask`)
+    dotted; each panel's title gives the mean |h| per position class for every label, in order."""
+    mark = layout.position_mask(positions, boundary_width, unit)
+    panels = {}
+    for c, series in values.items():
+        cm = {lab: layout.class_means(torch.as_tensor(_np(v)).abs(), boundary_width, unit) for lab, v in series.items()}
+        txt = "; ".join(f"{CLASS_LABELS[k]} " + " → ".join(f"{float(m[k]):.3g}" for m in cm.values())
+                        for k in POSITION_CLASSES)
+        panels[f"channel {c} — mean |h| ({' → '.join(series)}): {txt}"] = series
+    return token_panels(panels, layout, ylabel="h (signed)", mark=mark,
+                        title=title or f"every steered channel before/after (dots: the tokens written, {'+'.join(positions)})")
+
+
+def latent_frame_bars(values: dict, layout: TokenLayout, boundary_width: int = 1, unit: str = "tokens",
+                      ylabel: str = "mean |h|", title: str | None = None, ncols: int = 2):
+    """MA magnitude per latent frame as bars, one panel per entry of ``values`` (``{label: (L,) or
+    (R, L) per-token values}``, R runs; |.| taken): frame 0 one bar (its tokens are the first-frame
+    class), every later frame a boundary-token and an interior-token bar; a black dash marks the
+    whole frame's mean; error bars are the SD over runs (R > 1). Heights: the mean over runs of
+    `stas.hierarchy.frame_class_means`."""
+    from .hierarchy import frame_class_means
+
+    F, x = layout.frames, np.arange(layout.frames)
+    bars = (("first_frame", x[:1], 0.0, 0.7), ("boundary", x[1:], -0.2, 0.38), ("interior", x[1:], 0.2, 0.38))
+    with style():
+        fig, axes = _panel_grid(len(values), ncols, 0.45 * F + 1.6, 2.6)
+        for ax, (name, v) in zip(axes.flat, values.items()):
+            fm = frame_class_means(_np(v), layout, boundary_width, unit)
+            R = fm["frame"].shape[0]
+            for k, xs, dx, wd in bars:
+                sd = fm[k].std(0, ddof=1)[xs] if R > 1 else None
+                ax.bar(xs + dx, fm[k].mean(0)[xs], wd, yerr=sd, color=CLASS_COLORS[k], label=f"{CLASS_LABELS[k]} tokens",
+                       error_kw=dict(lw=0.7, capsize=2))
+            fmean = fm["frame"].mean(0)
+            ax.plot(x, fmean, "_", color="k", ms=16, mew=1.4, label="whole frame")
+            ratio = fmean[0] / fmean[1:].mean() if F > 1 else float("nan")
+            b_i = np.mean(fm["boundary"][:, 1:]) / np.mean(fm["interior"][:, 1:]) if F > 1 else float("nan")
+            ax.set_title(f"{name}: frame 0 / later {ratio:.3f}, boundary / interior {b_i:.3f}", fontsize=8)
+            ax.set_xticks(x)
+            ax.set_xlabel("latent frame")
+            ax.set_ylabel(ylabel)
+        axes.flat[0].legend(loc="lower right", fontsize=7)
+        fig.suptitle(title or f"MA magnitude per latent frame (boundary = {boundary_width} {unit})"
+                     + (f"; bars: mean over {R} runs, ±SD" if R > 1 else ""), fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def _busiest_window(d, h: int, w: int) -> tuple[int, int]:
+    """(row, col) of the top-left corner of the ``h`` x ``w`` window of ``d`` (H, W) with the largest sum."""
+    ii = np.pad(d.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    win = ii[h:, w:] - ii[:-h, w:] - ii[h:, :-w] + ii[:-h, :-w]
+    return tuple(int(i) for i in np.unravel_index(win.argmax(), win.shape))
+
+
+def seam_frames(videos: dict, temporal_factor: int, seams=None, max_seams: int = 2, crop: float = 0.3,
+                stretch: bool = True, title: str | None = None):
+    """Frames grid at the chunk seams: one row per entry of ``videos`` (``{method: (F, 3, H, W)}`` in
+    [0, 1], same prompt and seed), and for each seam transition ``i -> i+1`` (pixel frames ``T·k``
+    and ``T·k + 1``, ``k >= 1``, T = ``temporal_factor``: `stas.metrics.seam_mask`; the first-frame
+    transition 0 -> 1 is not a seam) two columns, each frame with a zoomed inset (label ``zoom px
+    <frame>``) of the ``crop``-sized window where the change across that seam, summed over the
+    methods, is largest — the same window in every row. ``seams``: transition indices (default:
+    up to ``max_seams``, spread over the clip). ``stretch``: the zooms of one seam share one contrast
+    stretch (their 1st-99th percentile to [0, 1]), so faint seams in low-contrast clips show and
+    rows stay comparable. Raises ``ValueError`` when the clip has no seam."""
+    from .metrics import seam_mask
+
+    clips = {k: _np(v) for k, v in videos.items()}
+    F, _, H, W = next(iter(clips.values())).shape
+    if seams is None:
+        every = np.flatnonzero(seam_mask(F, temporal_factor, strict=False))
+        if not len(every):
+            raise ValueError(f"a {F}-frame clip has no chunk seam at temporal factor {temporal_factor}")
+        seams = every[np.unique(np.linspace(0, len(every) - 1, min(max_seams, len(every))).round().astype(int))]
+    seams = [int(i) for i in seams]
+    ch, cw = max(2, round(crop * H)), max(2, round(crop * W))
+    with style():
+        fig, axes = plt.subplots(len(clips), 2 * len(seams), figsize=(1.5 * 2 * len(seams) + 0.4, 1.55 * len(clips)),
+                                 squeeze=False)
+        for j, i in enumerate(seams):
+            y, x = _busiest_window(sum(np.abs(c[i + 1] - c[i]).mean(0) for c in clips.values()), ch, cw)
+            inset = [0.0 if x + cw / 2 > W / 2 else 0.56, 0.56 if y + ch / 2 > H / 2 else 0.0, 0.44, 0.44]  # opposite corner
+            crops = np.stack([c[f, :, y:y + ch, x:x + cw] for c in clips.values() for f in (i, i + 1)])
+            lo, hi = np.percentile(crops, [1, 99]) if stretch else (0.0, 1.0)
+            for r, (m, c) in enumerate(clips.items()):
+                for f, ax in ((i, axes[r, 2 * j]), (i + 1, axes[r, 2 * j + 1])):
+                    img = np.clip(c[f].transpose(1, 2, 0), 0, 1)
+                    ax.imshow(img)
+                    ax.add_patch(Rectangle((x - 0.5, y - 0.5), cw, ch, fill=False, ec="#e7298a", lw=0.9))
+                    ins = ax.inset_axes(inset, label=f"zoom px {f}")
+                    ins.imshow(np.clip((img[y:y + ch, x:x + cw] - lo) / max(hi - lo, 1e-6), 0, 1), interpolation="nearest")
+                    for a in (ax, ins):
+                        a.set_xticks([])
+                        a.set_yticks([])
+                        for sp in a.spines.values():
+                            sp.set(visible=a is ins, color="#e7298a", lw=0.9)
+                    if r == 0:
+                        ax.set_title(f"px {f} | lat {latent_frame_of(f, temporal_factor)}", fontsize=7)
+            for r, m in enumerate(clips):
+                axes[r, 0].set_ylabel(m, fontsize=7)
+        fig.suptitle((title or f"chunk seams (pixel frames {temporal_factor}k -> {temporal_factor}k+1), zoom: the window "
+                      "that changes most across the seam") + ("\n(zooms contrast-stretched, one stretch per seam)"
+                                                              if stretch else ""), fontsize=8)
+        fig.tight_layout()
+    return fig
+
+
+def sample_grid(clips: dict, frames=None, temporal_factor: int = 4, ncols: int = 2, title: str | None = None):
+    """Generated clips, each labelled with its prompt and seed: ``clips`` ``{(prompt, seed): (F, 3,
+    H, W)}`` in [0, 1]; each clip is a strip of ``frames`` (default 4, evenly spaced, first and last
+    included) whose first axes carries the label ``"<prompt>" · seed <seed>`` as its left title;
+    ``ncols`` clips per row."""
+    keys = list(clips)
+    F = _np(clips[keys[0]]).shape[0]
+    frames = sorted({int(round(f)) for f in np.linspace(0, F - 1, min(4, F))}) if frames is None else list(frames)
+    n, nc = len(frames), min(ncols, len(keys))
+    nr = -(-len(keys) // nc)
+    with style():
+        fig = plt.figure(figsize=(1.05 * n * nc + 0.25 * (nc - 1), 1.45 * nr))
+        gs = fig.add_gridspec(nr, nc * (n + 1) - 1, width_ratios=([1] * n + [0.25]) * (nc - 1) + [1] * n,
+                              wspace=0.05, hspace=0.55)
+        for k, (prompt, seed) in enumerate(keys):
+            r, c0 = divmod(k, nc)
+            v = _np(clips[(prompt, seed)])
+            for j, f in enumerate(frames):
+                ax = fig.add_subplot(gs[r, c0 * (n + 1) + j])
+                ax.imshow(np.clip(v[f].transpose(1, 2, 0), 0, 1))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for sp in ax.spines.values():
+                    sp.set_visible(False)
+                ax.set_xlabel(f"px {f} | lat {latent_frame_of(f, temporal_factor)}", fontsize=6)
+                if j == 0:
+                    ax.set_title(textwrap.fill(f'"{prompt}" · seed {seed}', width=18 * n), fontsize=7, loc="left")
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+__all__ += ["steered_channels", "latent_frame_bars", "seam_frames", "sample_grid"]
