@@ -54,11 +54,11 @@ def figures_dir(out_dir=None) -> Path:
 
 def save_figure(fig, name: str, out_dir=None, dpi: int = 300) -> list[Path]:
     """Write ``<out_dir>/<name>.png`` and ``.pdf`` (``out_dir`` default the repo's ``figures/``);
-    returns both paths."""
+    returns both paths. No creation date in the PDF: the same figure gives the same bytes (lean git)."""
     out = []
     for ext in ("png", "pdf"):
         p = figures_dir(out_dir) / f"{name}.{ext}"
-        fig.savefig(p, dpi=dpi, bbox_inches="tight")
+        fig.savefig(p, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
         out.append(p)
     return out
 

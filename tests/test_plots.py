@@ -98,3 +98,17 @@ def test_sample_grid_labels_carry_prompt_and_seed():
     assert labels == [f'"{p}" · seed {s}' for p, s in clips]
     assert [ax.get_xlabel() for ax in fig.axes[:4]] == ["px 0 | lat 0", "px 3 | lat 1", "px 5 | lat 2",
                                                                "px 8 | lat 2"]
+
+
+def test_save_figure_pdf_bytes_do_not_depend_on_the_time(tmp_path):
+    import time
+
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    a = plots.save_figure(fig, "x", tmp_path / "a")[1].read_bytes()
+    time.sleep(1.1)
+    b = plots.save_figure(fig, "x", tmp_path / "b")[1].read_bytes()
+    plt.close(fig)
+    assert a == b
