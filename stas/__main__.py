@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .adapters import UnsupportedModelError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -104,7 +106,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if hasattr(a, "model") and a.model is None:
         a.model = os.environ.get("STAS_MODEL", "house")
-    a.fn(a)
+    try:
+        a.fn(a)
+    except (ValueError, UnsupportedModelError) as e:  # a user's input the library refused: its message, no traceback
+        if os.environ.get("STAS_TRACEBACK"):
+            raise
+        ap.exit(2, f"python -m stas {a.cmd}: error: {e}\n(STAS_TRACEBACK=1 shows the traceback)\n")
 
 
 if __name__ == "__main__":

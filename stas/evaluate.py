@@ -36,6 +36,7 @@ feature extractor is given (default: the model's registered one), KID to the rea
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -536,24 +537,27 @@ def read_table(path) -> tuple:
 
 def add_cli(sub):
     """Register the ``evaluate`` subcommand on an argparse subparsers object."""
-    e = sub.add_parser("evaluate", help="prompts x seeds x methods, paired by seed; one results table (CSV + JSON)")
+    e = sub.add_parser("evaluate", help="prompts x seeds x methods, paired by seed; one results table (CSV + JSON)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       epilog="Columns of the tables: stas.evaluate.clip_metrics and stas.metrics (docstrings).")
     e.add_argument("--prompts", default="house", help="a file (one prompt per line) or MODEL[:N] (a registered "
                    "model's evaluation prompts, e.g. house:8)")
     e.add_argument("--seeds", type=int, default=2, help="seeds per prompt (seed0 .. seed0+N-1)")
-    e.add_argument("--seed0", type=int, default=0)
+    e.add_argument("--seed0", type=int, default=0, help="first seed")
     e.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list of {','.join(METHOD_NAMES)}")
     e.add_argument("--control-seed", type=int, default=0, help="seed of the controls' random entries")
     e.add_argument("--families", default=None, help="--grid ablations: comma list of families (default all)")
     e.add_argument("--grid", default="methods", choices=["methods", "ablations"], help="methods: the --methods "
                    "list; ablations: every family of stas.ablations.ablation_groups (then --methods is ignored)")
-    e.add_argument("--out", default="results/evaluate.csv")
+    e.add_argument("--out", default="results/evaluate.csv", help="table path (.csv; beside it .json and "
+                   "_summary.csv); an existing table is overwritten")
     e.add_argument("--model", default=None, help="a registered name, a diffusers dir or hub id (default $STAS_MODEL "
                    "or house)")
     e.add_argument("--preset", default="native", choices=["native", "quick"], help="call settings preset")
-    e.add_argument("--steps", type=int, default=None)
-    e.add_argument("--frames", type=int, default=None)
+    e.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    e.add_argument("--frames", type=int, default=None, help="frames per clip (default: the preset's)")
     e.add_argument("--size", type=int, default=None, help="height = width")
-    e.add_argument("--guidance", type=float, default=None)
+    e.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the preset's)")
     e.add_argument("--channels", type=int, nargs="*", default=None, help="MA channels (default: measured)")
     e.add_argument("--temperature", type=float, default=None, help="Enhance-A-Video temperature")
     e.add_argument("--real-per-prompt", type=int, default=4, help="real clips per prompt (reference rows, the "

@@ -200,3 +200,13 @@ def test_ablation_table_holm_per_family_and_pick_rule():
     (pick,) = pick_defaults(t, groups, base)
     # α=4 reduces most but harms flicker: α=2 is picked, with the row that chose it
     assert pick["setting"] == "α=2" and pick["value"] == (2.0,) and pick["row"] == "alpha/α=2/seam_excess"
+
+
+def test_cli_refused_input_exits_2_with_the_message_and_no_traceback(capsys, tmp_path):
+    from stas.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--prompts", "house:999", "--out", str(tmp_path / "t.csv")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "error: asked for 999 prompts, only 32 exist" in err and "Traceback" not in err
