@@ -16,6 +16,7 @@ directory path).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,7 +59,7 @@ def load(name_or_path: str, device=None, dtype=None):
         if not Path(name).exists() and "/" not in name:
             raise ValueError(f"{name!r} is neither a registered model {registry.names()}, a local directory "
                              f"nor a hub id (org/name)")
-        pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=dtype).to(device)
+        pipe = DiffusionPipeline.from_pretrained(name, dtype=dtype).to(device)
     get_adapter(pipe)  # fail early, with the supported families named
     pipe.stas_name = name
     pipe.set_progress_bar_config(disable=True)
@@ -155,11 +156,43 @@ def native_defaults(pipe) -> dict:
 
 def call_settings(pipe, preset: str = "native", **over) -> dict:
     """The call settings of a run: the adapter's ``preset`` (``"native"`` or ``"quick"``), then every
-    ``over`` that is not None. Raises ``ValueError`` for a size the VAE cannot take."""
+    ``over`` that is not None. Raises ``ValueError`` for a size the VAE cannot take; warns
+    (`warn_cpu_native_call`) when the native preset fills in a call too large for the CPU."""
     kw = get_adapter(pipe).preset(preset)
-    kw.update({k: v for k, v in over.items() if v is not None})
+    given = {k for k, v in over.items() if v is not None}
+    kw.update({k: over[k] for k in given})
     check_call(pipe, kw["num_frames"], kw["height"], kw["width"])
+    if preset == "native":
+        warn_cpu_native_call(pipe, kw, given)
     return kw
+
+
+# A native call on the CPU above this many video tokens x denoising steps gets a warning. The house
+# model's native call is 512 tokens x 10 steps = 5 120; Wan2.1's (480x832, 81 frames, 50 steps) is
+# 32 760 x 50 = 1 638 000, its "quick" preset 1 950 x 10 = 19 500.
+CPU_TOKEN_STEPS = 100_000
+SIZE_KEYS = ("height", "width", "num_frames", "num_inference_steps")
+
+
+def warn_cpu_native_call(pipe, kw: dict, given=()) -> bool:
+    """Warn (``UserWarning``) when call settings ``kw`` about to run on a CPU pipeline took a size or
+    step count from the native preset (one of `SIZE_KEYS` not in ``given``) and exceed
+    `CPU_TOKEN_STEPS` video tokens x steps; the message gives the estimate and how to shrink the call.
+    Returns whether it warned."""
+    dev = getattr(pipe, "_execution_device", None)
+    if dev is None or torch.device(dev).type != "cpu" or set(SIZE_KEYS) <= set(given):
+        return False
+    tokens = get_adapter(pipe).layout_for_call(kw["num_frames"], kw["height"], kw["width"]).num_tokens
+    steps = kw["num_inference_steps"]
+    if tokens * steps <= CPU_TOKEN_STEPS:
+        return False
+    warnings.warn(f"this call ({kw['height']}x{kw['width']}, {kw['num_frames']} frames, {steps} steps; the model's native "
+                  f"settings where none were given) is about to run on the CPU: {tokens} video tokens x {steps} steps = "
+                  f"{tokens * steps:,} token-steps (over {CPU_TOKEN_STEPS:,}), which may take hours; for a short run "
+                  f"use `--preset quick` or `--size/--frames/--steps` "
+                  f"(python -m stas), stas.call_settings(pipe, 'quick') or generate(..., height=, width=, "
+                  f"num_frames=, num_inference_steps=)", UserWarning, stacklevel=3)
+    return True
 
 
 def check_call(pipe, num_frames: int, height: int, width: int):
@@ -173,7 +206,8 @@ def generate(pipe, prompt: str | None = None, seed: int = 0, **pipeline_kwargs) 
 
     Native defaults (see `native_defaults`) fill what ``pipeline_kwargs`` leaves out; the noise is
     drawn from ``torch.Generator(device).manual_seed(seed)``, so the same seed gives the same clip.
-    Frame counts and sizes the VAE cannot take raise ``ValueError`` before any denoising.
+    Frame counts and sizes the VAE cannot take raise ``ValueError`` before any denoising; a native
+    size or step count too large for the CPU warns (`warn_cpu_native_call`).
     """
     kw = {**native_defaults(pipe), **pipeline_kwargs}
     if "prompt_embeds" not in kw:
@@ -183,6 +217,7 @@ def generate(pipe, prompt: str | None = None, seed: int = 0, **pipeline_kwargs) 
     if getattr(pipe, "text_encoder", None) is None and "prompt_embeds" not in kw:
         raise ValueError("this pipeline has no text encoder: pass prompt_embeds")
     check_call(pipe, kw["num_frames"], kw["height"], kw["width"])
+    warn_cpu_native_call(pipe, kw, pipeline_kwargs)
     device = pipe._execution_device
     gen = torch.Generator(device=device).manual_seed(int(seed))
     out = pipe(generator=gen, output_type="pt", **kw).frames[0]  # (F, 3, H, W) in [0, 1]

@@ -99,3 +99,61 @@ def test_generate_shapes_and_defaults(wan):
     v = stas.generate(wan, "a blue square", seed=0)
     d = stas.native_defaults(wan)
     assert v.shape == (d["num_frames"], 3, d["height"], d["width"]) and v.dtype == torch.float32
+
+
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    """A tiny Wan pipeline loaded from a diffusers directory: no registered name, so the Wan family's
+    native call (480x832, 81 frames, 50 steps). Loading it raises no torch_dtype deprecation."""
+    import warnings
+
+    path = stas.save_tiny("wan", tmp_path_factory.mktemp("tiny") / "wan")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*torch_dtype.*", category=FutureWarning)
+        return stas.load(str(path), device="cpu")
+
+
+def test_load_dir_and_house_raise_no_torch_dtype_deprecation(wan_dir):
+    """diffusers 0.42.1 deprecates ``torch_dtype`` (FutureWarning on every load): stas passes ``dtype``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*torch_dtype.*", category=FutureWarning)
+        house = stas.load("house", device="cpu")
+    assert wan_dir.transformer.dtype == wan_dir.text_encoder.dtype == torch.float32
+    assert house.transformer.dtype == torch.float32 and house.vae.dtype == torch.float32
+
+
+def test_native_call_on_cpu_warns_with_the_estimate(wan_dir):
+    """A native-preset call over CPU_TOKEN_STEPS on the CPU warns with tokens, steps and how to
+    shrink it, before any denoising; the quick preset, a fully given size and the house model's
+    native call (128x128, 29 frames, 10 steps = 512 tokens x 10) do not."""
+    import warnings
+
+    from stas.load import CPU_TOKEN_STEPS, warn_cpu_native_call
+
+    with pytest.warns(UserWarning, match=r"32760 video tokens x 50 steps = 1,638,000 token-steps") as w:
+        kw = stas.call_settings(wan_dir)
+    assert (kw["height"], kw["width"], kw["num_frames"], kw["num_inference_steps"]) == (480, 832, 81, 50)
+    assert "--preset quick" in str(w[0].message) and "--size/--frames/--steps" in str(w[0].message)
+    with pytest.warns(UserWarning, match=r"token-steps"):              # size given, frames and steps native
+        stas.call_settings(wan_dir, height=480, width=832)
+    calls = []
+    hook = wan_dir.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            with pytest.raises(UserWarning, match="token-steps"):
+                stas.generate(wan_dir, "a red ball", seed=0)
+            q = stas.call_settings(wan_dir, "quick")                    # 1950 tokens x 10 steps: no warning
+            small = dict(height=32, width=32, num_frames=9, num_inference_steps=2)
+            assert stas.call_settings(wan_dir, **small)["num_inference_steps"] == 2
+            stas.generate(wan_dir, "a red ball", seed=0, **small)
+            house = stas.load("house", device="cpu")
+            h = stas.call_settings(house)
+    finally:
+        hook.remove()
+    assert len(calls) == 2 * 2                                          # only the small call ran (2 steps x CFG)
+    assert (q["height"], q["width"], q["num_frames"], q["num_inference_steps"]) == (240, 416, 17, 10)
+    assert (h["height"], h["width"], h["num_frames"], h["num_inference_steps"]) == (128, 128, 29, 10)
+    assert not warn_cpu_native_call(house, h) and 512 * 10 < CPU_TOKEN_STEPS

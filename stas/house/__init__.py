@@ -57,8 +57,8 @@ def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None, t
     d = variant_dir(variant, root)
     if not (d / "transformer").is_dir():
         raise FileNotFoundError(f"no house weights at {d} (train them: python -m stas.house.train)")
-    transformer = WanTransformer3DModel.from_pretrained(str(d / "transformer"), torch_dtype=dtype)
-    vae = AutoencoderKLWan.from_pretrained(str(d / "vae"), torch_dtype=torch.float32)  # VAE in fp32 (as Wan)
+    transformer = WanTransformer3DModel.from_pretrained(str(d / "transformer"), dtype=dtype)
+    vae = AutoencoderKLWan.from_pretrained(str(d / "vae"), dtype=torch.float32)  # VAE in fp32 (as Wan)
     tok, enc = load_text_encoder(text_dir, device=device, dtype=dtype)
     pipe = WanPipeline(tokenizer=tok, text_encoder=enc, transformer=transformer, vae=vae,
                        scheduler=make_scheduler(FLOW_SHIFT))

@@ -185,7 +185,7 @@ def _save_vae(vae, args, hist, step, t0):
 def load_vae(out, variant, dev):
     from diffusers import AutoencoderKLWan
 
-    vae = AutoencoderKLWan.from_pretrained(str(Path(out) / variant / "vae"), torch_dtype=torch.float32)
+    vae = AutoencoderKLWan.from_pretrained(str(Path(out) / variant / "vae"), dtype=torch.float32)
     return vae.to(dev).eval().requires_grad_(False)
 
 

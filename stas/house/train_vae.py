@@ -502,7 +502,7 @@ def gate_cli(args):
     from diffusers import AutoencoderKLWan
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    vae = AutoencoderKLWan.from_pretrained(args.vae, torch_dtype=torch.float32).to(dev).eval()
+    vae = AutoencoderKLWan.from_pretrained(args.vae, dtype=torch.float32).to(dev).eval()
     res = gate(vae, args.variant, args.clips)
     log(json.dumps(res))
     if args.json:
