@@ -63,7 +63,8 @@ DIMS = {
 class Recording:
     """Per (run, step, block, branch) statistics of block outputs. See module docstring.
 
-    ``data[name]`` is a float32 CPU tensor with dims ``DIMS[name]``; entries never written (e.g.
+    ``data[name]`` (also ``rec[name]`` and, read-only, ``rec.name``: the same tensor) is a float32
+    CPU tensor with dims ``DIMS[name]``; entries never written (e.g.
     the ``uncond`` branch when guidance is off) are NaN and ``filled`` is False there. A block that
     a diffusers step cache (FirstBlockCache, MagCache, ...) skipped is NaN at that (step, branch),
     ``filled`` staying True. ``timesteps`` are the pipeline's ``t`` of each executed step.
@@ -82,6 +83,22 @@ class Recording:
 
     def __getitem__(self, name) -> torch.Tensor:
         return self.data[name]
+
+    def __getattr__(self, name) -> torch.Tensor:
+        """``rec.chan_max`` is ``rec["chan_max"]`` (the same tensor) for every statistic in ``data``."""
+        data = self.__dict__.get("data")
+        if data is not None and name in data:
+            return data[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}"
+                             + (f"; statistics: {sorted(data)}" if data is not None else ""))
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("data", ()):
+            raise AttributeError(f"statistic {name!r} is read-only; edit rec.data[{name!r}] to replace it")
+        super().__setattr__(name, value)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.__dict__.get("data", ())))
 
     def __contains__(self, name):
         return name in self.data

@@ -238,3 +238,28 @@ def test_compiled_blocks_one_graph_for_runs_of_any_length():
     finally:
         torch._dynamo.reset()  # later tests count the graphs they compile themselves
     assert first.num_steps == 2 and first["filled"].all()
+
+
+def test_statistics_as_attributes_are_the_item_tensors(tmp_path):
+    """``rec.stats`` prints its statistics like fields: ``stats.chan_max`` is ``stats["chan_max"]``
+    (the same tensor object), read-only; an unknown name is an AttributeError naming the statistics;
+    copying and a save/load round trip keep working."""
+    import copy
+
+    from stas.layout import TokenLayout
+
+    data = {"chan_max": torch.rand(1, 2, 3, 2, 8), "chan_mean": torch.rand(1, 2, 3, 2, 8),
+            "median": torch.rand(1, 2, 3, 2), "timesteps": torch.tensor([[999.0, 500.0]]),
+            "filled": torch.ones(1, 2, 2, dtype=torch.bool)}
+    s = Recording(data, [0, 1, 2], [], TokenLayout(2, 2, 2))
+    for k in data:
+        assert getattr(s, k) is s[k] is data[k]
+    assert "chan_max" in dir(s) and "chan_max(1, 2, 3, 2, 8)" in repr(s)
+    with pytest.raises(AttributeError, match="read-only"):
+        s.chan_max = torch.zeros(1)
+    assert s.chan_max is data["chan_max"]
+    with pytest.raises(AttributeError, match=r"no attribute 'tokens'; statistics: \['chan_max'"):
+        s.tokens                                            # not recorded here; the message lists what is
+    assert copy.deepcopy(s).chan_max.equal(s.chan_max) and copy.copy(s).median is s.median
+    r = Recording.load(s.save(tmp_path / "r.safetensors"))
+    assert torch.equal(r.chan_max, s.chan_max) and r.blocks == [0, 1, 2]
