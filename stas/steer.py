@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -228,12 +229,17 @@ def _matched_control(x: torch.Tensor, v: torch.Tensor, dev, alpha: float, contro
     x.index_copy_(-1, idx, out.clamp(-fmax, fmax).to(x.dtype))
 
 
+# transformer -> {block id: the active `steer` context steering it}; see `steer._register`
+_STEERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class steer(HookContext):
     """Context manager applying `STASConfig` ``config`` to ``pipe`` for every call inside it.
 
     Raises ``ValueError`` before anything is hooked when blocks or channels are out of the model's
-    range, and at a run's first transformer call (before any block runs) when the config can never
-    fire in that run: K exceeds the run's executed step count (video-to-video with strength < 1
+    range or a block is already steered by another active `steer` context on the same transformer
+    (nested contexts on different blocks are fine), and at a run's first transformer call (before
+    any block runs) when the config can never fire in that run: K exceeds the run's executed step count (video-to-video with strength < 1
     executes fewer steps than ``num_inference_steps``), the chosen branches do not run (``uncond``
     without guidance), or the chosen positions select no token. ``.calls`` lists (run, step, steered
     branches) for every transformer call that was steered (each call steers all ``config.blocks``
@@ -277,7 +283,28 @@ class steer(HookContext):
             raise ValueError(f"channels {bad} out of range: hidden size is {d} (0..{d - 1})")
 
     def _register(self):
-        return self._hook_blocks(self.config.blocks, lambda b: _SteerHook(self, b))
+        """Hook the config's blocks, after claiming them in `_STEERED`: a block of a transformer that
+        another active `steer` context steers raises ``ValueError`` (the later-entered hook runs first
+        and the earlier one would steer its already steered output again)."""
+        for t in self.adapter.transformers:
+            taken = sorted(set(self.config.blocks) & set(_STEERED.get(t, {})))
+            if taken:
+                raise ValueError(f"block(s) {taken} of {type(t).__name__} are already steered by another active "
+                                 f"stas.steer context: steer each block from one context (put several channels "
+                                 f"or blocks into one STASConfig)")
+        handles = self._hook_blocks(self.config.blocks, lambda b: _SteerHook(self, b))
+        for t in self.adapter.transformers:
+            _STEERED.setdefault(t, {}).update(dict.fromkeys(self.config.blocks, self))
+        return handles
+
+    def _remove_hooks(self):
+        try:
+            super()._remove_hooks()
+        finally:
+            for t in self._hooked:
+                claims = _STEERED.get(t, {})
+                for b in [b for b, ctx in claims.items() if ctx is self]:
+                    del claims[b]
 
     def on_run_start(self, tracker):
         k = self.config.steps

@@ -248,3 +248,38 @@ def test_wan22_two_transformers(wan):
     assert calls2 and rec.stats["filled"].all()
     assert not torch.isnan(rec.stats["chan_max"]).any()                # block 0 of both transformers wrote
     assert all(b[0]._forward_hooks == {} for b in (p.transformer.blocks, p.transformer_2.blocks))
+
+
+def test_two_contexts_on_one_block_refused_before_denoising(wan, stock):
+    """Nested steer contexts would steer a shared block twice (the later-entered hook runs first, the
+    earlier one re-steers its output): refused at the second __enter__, naming the block; the first
+    context still unhooks, and a plain call afterwards is bit-identical to stock."""
+    kw = call_kwargs(wan)
+    a = stas.STASConfig(steps=2, blocks=[0, 1], channels=[3], alpha=3.0)
+    b = stas.STASConfig(steps=2, blocks=[1], channels=[5])
+    with pytest.raises(ValueError, match=r"block\(s\) \[1\] of WanTransformer3DModel are already steered"):
+        with stas.steer(wan, a), stas.steer(wan, b):
+            raise AssertionError("the body must not run")
+    for blk in wan.transformer.blocks:
+        assert not blk._forward_hooks
+    assert torch.equal(stas.generate(wan, PROMPT, seed=0, **kw), stock)
+    with stas.steer(wan, a):                   # the refused context left no claim behind
+        pass
+    with stas.steer(wan, b):
+        pass
+
+
+def test_two_contexts_on_different_blocks_equal_one_config(wan, stock):
+    """Nested contexts on different blocks both steer: the clip equals one STASConfig with both blocks."""
+    kw = call_kwargs(wan)
+    one = dict(steps=2, channels=[3], alpha=3.0)
+    with stas.steer(wan, stas.STASConfig(blocks=[0, 1], **one)):
+        both = stas.generate(wan, PROMPT, seed=0, **kw)
+    with stas.steer(wan, stas.STASConfig(blocks=[0], **one)) as s0, \
+            stas.steer(wan, stas.STASConfig(blocks=[1], **one)) as s1:
+        nested = stas.generate(wan, PROMPT, seed=0, **kw)
+    with stas.steer(wan, stas.STASConfig(blocks=[1], **one)):
+        only1 = stas.generate(wan, PROMPT, seed=0, **kw)
+    assert torch.equal(nested, both) and not torch.equal(nested, only1) and not torch.equal(nested, stock)
+    assert s0.calls == s1.calls and len(s0.calls) == 4          # 2 steps x (cond, uncond) calls each
+    assert torch.equal(stas.generate(wan, PROMPT, seed=0, **kw), stock)
