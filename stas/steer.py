@@ -239,9 +239,9 @@ class steer(HookContext):
     Raises ``ValueError`` before anything is hooked when blocks or channels are out of the model's
     range or a block is already steered by another active `steer` context on the same transformer
     (nested contexts on different blocks are fine), and at a run's first transformer call (before
-    any block runs) when the config can never fire in that run: K exceeds the run's executed step count (video-to-video with strength < 1
-    executes fewer steps than ``num_inference_steps``), the chosen branches do not run (``uncond``
-    without guidance), or the chosen positions select no token. ``.calls`` lists (run, step, steered
+    any block runs) when the config can never fire in that run: K exceeds the run's executed step
+    count (video-to-video with strength < 1 executes fewer steps than ``num_inference_steps``), the
+    chosen branches do not run (``uncond`` without guidance), or the chosen positions select no token. ``.calls`` lists (run, step, steered
     branches) for every transformer call that was steered (each call steers all ``config.blocks``
     except those listed in ``.skipped`` as (run, step, block): blocks whose computation a diffusers
     step cache skipped are not steered).
