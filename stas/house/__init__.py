@@ -26,9 +26,10 @@ _COMMON = dict(height=SIZE, width=SIZE, num_frames=NUM_FRAMES, num_inference_ste
                max_sequence_length=32)  # the text length of training: WanPipeline's 512 would pad 480 zeros
 DEFAULTS = {"causal": dict(_COMMON), "uniform": dict(_COMMON)}
 
-# The house model's STAS default, chosen by notebooks/07_ablations.ipynb (α sweep, K sweep, block,
-# positions, channels): change it only together with that notebook's "What we saw" cell. 8 blocks,
-# 10 steps: the paper's setting scaled (K = 4 of 10 ~ 20 of 50, mid block). Channels are measured.
+# The house model's STAS default: the paper's setting scaled to 8 blocks and 10 steps (K = 4 of 10
+# ~ 20 of 50, the mid block, both CFG branches); channels are measured. Not yet confirmed by an
+# ablation: notebooks/07_ablations.ipynb's rule picks nothing on the committed (CI-size) table;
+# change it only by that rule, on the full grid (issue 11), and together with 07's "What we saw".
 STAS_DEFAULTS = dict(alpha=1.0, steps=4, blocks=(4,), positions=("first_frame", "boundary"), boundary_width=1,
                      branches=("cond", "uncond"))
 
