@@ -160,3 +160,25 @@ def test_uniform_reference_clips_on_the_generated_time_axis():
     with torch.no_grad():  # the same as encoding the 29-frame clip the way the uniform VAE was trained
         ref = pipe.vae.decode(vae_encode(pipe.vae, full.permute(1, 0, 2, 3)[None] * 2 - 1, "uniform")).sample
     torch.testing.assert_close(rec, ((ref[0].clamp(-1, 1) + 1) / 2).permute(1, 0, 2, 3), rtol=0, atol=1e-6)
+
+
+def test_train_dit_init_from_export_continues_the_curves(tmp_path):
+    import json
+
+    from stas.house.models import make_dit
+    from stas.house.train import export_transformer, init_dit_from_export
+
+    torch.manual_seed(0)
+    src = make_dit()
+    export_transformer({k: v.clone() for k, v in src.state_dict().items()}, tmp_path / "causal" / "transformer")
+    rep = dict(steps=700, trained_minutes=12.5, loss_history=[dict(step=650, loss=0.5)],
+               ma_history=[dict(step=500, tag="train")])
+    (tmp_path / "causal" / "train_report.json").write_text(json.dumps(rep))
+    torch.manual_seed(1)
+    model = make_dit()
+    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    state = init_dit_from_export(tmp_path / "causal", model, ema, dict(step=0, elapsed_s=0.0, variant="causal"))
+    assert (state["step"], state["elapsed_s"], state["variant"]) == (700, 750.0, "causal")
+    assert state["history"] == rep["loss_history"] and state["ma_history"] == rep["ma_history"]
+    for k, v in src.state_dict().items():  # the exported (bf16) weights, in the model and its EMA
+        assert torch.equal(model.state_dict()[k], v.to(torch.bfloat16).float()) and torch.equal(ema[k], model.state_dict()[k])

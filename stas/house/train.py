@@ -264,6 +264,30 @@ def load_ckpt(path, model, ema, opt, dev):
     return state
 
 
+def init_dit_from_export(folder, model, ema, state):
+    """Start from an exported DiT (``folder/transformer``, save_pretrained, bf16) and continue its
+    report's curves (``folder/train_report.json``: steps, trained_minutes, loss_history, ma_history): the
+    resume path when the ``runs/`` checkpoint (AdamW state) is gone. Loads into ``model`` and ``ema``
+    (float32 copies of the bf16 weights) in place; returns the trainer state. Raises FileNotFoundError
+    when either is missing."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    rep = json.loads((folder / "train_report.json").read_text())
+    dev = next(model.parameters()).device
+    w = {}
+    for f in sorted((folder / "transformer").glob("*.safetensors")):
+        w.update(load_file(str(f), device=str(dev)))
+    if not w:
+        raise FileNotFoundError(f"no safetensors under {folder / 'transformer'}")
+    model.load_state_dict({k: v.float() for k, v in w.items()})
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            ema[k].copy_(v)
+    return dict(state, step=rep["steps"], elapsed_s=rep["trained_minutes"] * 60, history=rep["loss_history"],
+                ma_history=rep["ma_history"], init=str(folder))
+
+
 def export_transformer(ema, out_dir, dtype=torch.bfloat16):
     m = make_dit()
     m.load_state_dict({k: v.float().cpu() for k, v in ema.items()})
@@ -291,9 +315,15 @@ def train_dit(args):
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.wd, eps=1e-8)
     state = dict(step=0, elapsed_s=0.0, history=[], ma_history=[], variant=args.variant, args=vars(args))
+    fresh_opt = True
     if (ckpt / "state.json").exists() and not args.fresh:
         state = load_ckpt(ckpt, model, ema, opt, dev)
+        fresh_opt = not (ckpt / "optim.safetensors").exists()
         log(f"resumed {ckpt} at step {state['step']} ({state['elapsed_s'] / 60:.1f} min trained)")
+    elif args.init and not args.fresh:
+        state = init_dit_from_export(Path(args.init) / args.variant, model, ema, state)
+        log(f"started from exported {args.init}/{args.variant} at step {state['step']}, new AdamW")
+    warm0 = state["step"] if fresh_opt else 0  # every new AdamW warms up
     fwd = model
     if args.compile and dev.type == "cuda":
         try:
@@ -333,7 +363,7 @@ def train_dit(args):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * min(1.0, (step - warm0 + 1) / args.warmup)
         for gr in opt.param_groups:
             gr["lr"] = lr
         opt.step()
@@ -475,6 +505,8 @@ def main(argv=None):
     d.add_argument("--ckpt", default=None)
     d.add_argument("--ckpt-minutes", type=float, default=3.0)
     d.add_argument("--fresh", action="store_true")
+    d.add_argument("--init", default=None, help="when --ckpt holds no checkpoint: start from the DiT exported "
+                   "under this folder (<init>/<variant>/transformer + train_report.json) and continue its curves")
     d.add_argument("--no-compile", dest="compile", action="store_false")
     d.add_argument("--no-sample-eval", dest="sample_eval", action="store_false")
     d.add_argument("--text-encoder-dir", default=None)
