@@ -115,6 +115,20 @@ def ablation_groups(base: STASConfig, chosen: dict, num_blocks: int, num_steps: 
     }
 
 
+def family_names() -> list:
+    """The family names `ablation_groups` builds, in its order (whatever the model: the families do not
+    depend on it)."""
+    base = STASConfig(steps=1, blocks=(0,), channels=(0,))
+    return list(ablation_groups(base, {"ma": [0], "weak": 1, "plain": 2}, 1, 1))
+
+
+def missing_families(table) -> list:
+    """The families of `family_names` with no row in an `ablation_table` (a pandas table with a
+    ``family`` column), in `ablation_groups` order."""
+    have = set(table["family"])
+    return [f for f in family_names() if f not in have]
+
+
 def unique_configs(groups: dict) -> dict:
     """``{name: STASConfig}`` with each distinct config once (names ``s0``, ``s1``, ...) plus
     ``baseline``; and the map (group, label) -> name, as ``(methods, where)``."""

@@ -28,7 +28,7 @@ d_{F-2}`` — and the columns of every extra metric function ``fn(video, prompt)
 ``metrics``. By default these are the ones the model registered (`stas.registry`; the house model:
 house-world ground truth, NaN on prompts outside its world); a model with none gets none.
 Reference rows: ``real`` (ground-truth clips) and ``vae_floor`` (the same clips after the model's
-VAE round trip: the floor any transformer-level method can reach), unpaired. Per method, when a
+VAE round trip: what the VAE alone does to a clip, no transformer involved), unpaired. Per method, when a
 feature extractor is given (default: the model's registered one), KID to the real clips with a CI
 (`stas.statistics.kid`). Differences to the baseline: paired bootstrap CIs resampling prompts
 (`stas.statistics.paired_bootstrap_ci`), Holm-adjusted across the methods of each metric.
@@ -251,7 +251,8 @@ def summarize_rows(rows, kid: dict | None = None, baseline: str = "baseline", me
 def summary_frame(summary, baseline: str = "baseline"):
     """`summarize_rows` output as a pandas table: one row per metric, per method ``mean ± sem (n)`` and,
     for every other method, the paired difference to ``baseline`` with its 95 % prompt-bootstrap CI
-    (``*`` where the Holm-adjusted p < 0.05)."""
+    (``*`` where the Holm-adjusted p < 0.05); the column is ``Δ method [95% CI]``, or ``Δ method`` when
+    no metric of that method has a CI (fewer than ``MIN_PROMPTS_FOR_CI`` prompts)."""
     import pandas as pd
 
     df = pd.DataFrame(summary)
@@ -266,9 +267,75 @@ def summary_frame(summary, baseline: str = "baseline"):
         star = (d["p_holm"] < 0.05).map({True: "*", False: ""})
         ci = d.apply(lambda r: f"{r['diff']:+.3g}" + (f" [{r['lo']:+.3g}, {r['hi']:+.3g}]" if np.isfinite(r["lo"]) else "")
                      if np.isfinite(r["diff"]) else "", axis=1)
-        out[f"Δ {m} [95% CI]"] = ci + star
+        out[f"Δ {m}" + (" [95% CI]" if np.isfinite(d["lo"]).any() else "")] = ci + star
     order = list(dict.fromkeys(df["metric"]))
     return out.reindex(order)[[c for c in out.columns]].rename_axis(None, axis=1)
+
+
+def ci_note(n_prompts: int) -> str:
+    """``""`` with at least ``MIN_PROMPTS_FOR_CI`` prompts, else why the table has no CI, p-value or Holm
+    star: `` (no CI: N prompts, fewer than the 6 a prompt bootstrap needs; so no p-value and no Holm star)``."""
+    if n_prompts >= MIN_PROMPTS_FOR_CI:
+        return ""
+    return (f" (no CI: {n_prompts} prompts, fewer than the {MIN_PROMPTS_FOR_CI} a prompt bootstrap needs; "
+            "so no p-value and no Holm star)")
+
+
+def diff_text(d, fmt: str = "+.3g") -> str:
+    """A paired difference (one `summarize_rows` or `stas.ablations.ablation_table` record, a dict or
+    pandas row with ``diff``, ``lo``, ``hi``, ``p_holm``) as text: ``diff [lo, hi]`` (the CI only when
+    it is finite), ``*`` when the Holm-adjusted p < 0.05; ``n/a`` for None or a NaN difference."""
+    if d is None or not np.isfinite(d["diff"]):
+        return "n/a"
+    ci = f" [{d['lo']:{fmt}}, {d['hi']:{fmt}}]" if np.isfinite(d["lo"]) else ""
+    return f"{d['diff']:{fmt}}{ci}" + ("*" if d["p_holm"] < 0.05 else "")
+
+
+def floor_comparison(summary, metrics_, baseline: str = "baseline", floor: str = "vae_floor",
+                     z: float = 2.0) -> list:
+    """The baseline against the VAE-round-trip reference per metric, from `summarize_rows` output: one
+    dict per metric both have (finite means) with ``metric``, ``baseline``, ``baseline_se``, ``floor``,
+    ``floor_se``, ``real`` (the ``real`` rows' mean, NaN when absent) and ``relation``: ``"above"`` /
+    ``"below"`` when the baseline mean differs from the floor mean by more than ``z`` combined standard
+    errors (sqrt(se_b² + se_f²), unpaired clip-level se: descriptive, not a test), else ``"within"``."""
+    s = {(d["method"], d["metric"]): d for d in summary}
+    out = []
+    for k in metrics_:
+        b, f, r = s.get((baseline, k)), s.get((floor, k)), s.get(("real", k))
+        if b is None or f is None or not (np.isfinite(b["mean"]) and np.isfinite(f["mean"])):
+            continue
+        se = math.hypot(np.nan_to_num(b["sem"]), np.nan_to_num(f["sem"]))
+        gap = b["mean"] - f["mean"]
+        out.append(dict(metric=k, baseline=b["mean"], baseline_se=b["sem"], floor=f["mean"], floor_se=f["sem"],
+                        real=r["mean"] if r else math.nan,
+                        relation="within" if abs(gap) <= z * se else ("above" if gap > 0 else "below")))
+    return out
+
+
+def steering_text(config: str, num_steps: int) -> str:
+    """A `stas.STASConfig` repr, as a table's meta stores it, in words for ``num_steps`` denoising steps:
+    ``K=2 of 2 steps (every step), blocks [4], α=1, channels [257, 234], positions first_frame+boundary
+    (boundary 1 token), CFG branches cond+uncond`` (+ mode and control when set). Raises ``ValueError``
+    for a string that is not a ``STASConfig(...)`` call of literal keyword arguments."""
+    import ast
+
+    try:
+        call = ast.parse(config.strip(), mode="eval").body
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "STASConfig"):
+            raise ValueError
+        f = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise ValueError(f"not a STASConfig repr of literals: {config!r}") from e
+    k = f["steps"]
+    when = "every step" if k >= num_steps else f"the first {k}"
+    unit = f.get("boundary_unit", "tokens").rstrip("s")
+    w = f.get("boundary_width", 1)
+    txt = (f"K={k} of {num_steps} steps ({when}), blocks {list(f['blocks'])}, α={f.get('alpha', 1.0):g}, "
+           f"channels {list(f['channels'])}, positions {'+'.join(f.get('positions', ()))} (boundary {w} "
+           f"{unit}{'s' * (w > 1)}), CFG branches {'+'.join(f.get('branches', ()))}")
+    if f.get("mode", "stas") != "stas":
+        txt += f", mode {f['mode']}"
+    return txt + (f", control {f['control']}" if f.get("control") else "")
 
 
 def seam_table(rows) -> dict:
@@ -414,25 +481,63 @@ def ablation_methods(pipe, call: dict, channels=None, control_seed: int = 0, fam
 
 def provenance(pipe) -> dict:
     """What every results row carries: ``commit`` (git HEAD of this checkout, ``+dirty`` with
-    uncommitted changes; ``unknown`` outside git), ``weights`` (`stas.study.weights_hash`),
+    uncommitted changes; ``unknown`` outside git: `code_commit`), ``weights`` (`stas.study.weights_hash`),
     ``device`` and ``dtype`` of the transformer."""
-    import subprocess
-
     from .adapters import get_adapter
     from .study import weights_hash
 
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-        commit += "+dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     t = get_adapter(pipe).transformers[0]
     p = next(t.parameters())
-    return dict(commit=commit, weights=weights_hash(pipe), device=str(p.device), dtype=str(p.dtype).replace("torch.", ""))
+    return dict(commit=code_commit(), weights=weights_hash(pipe), device=str(p.device),
+                dtype=str(p.dtype).replace("torch.", ""))
+
+
+def _git(*args) -> str:
+    """stdout of ``git args`` in the checkout holding this package; raises OSError or CalledProcessError."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def code_commit() -> str:
+    """git HEAD of the checkout holding this package (12 hex digits), ``+dirty`` with uncommitted
+    changes to tracked files; ``unknown`` outside git."""
+    import subprocess
+
+    try:
+        commit = _git("rev-parse", "--short=12", "HEAD")
+        return commit + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def table_provenance(meta: dict) -> str:
+    """One sentence (markdown) on what made a results table, from its ``meta`` (`finish_table`): model,
+    weights hash, device, dtype, prompts x seeds, call size and steps, and the commit, compared with
+    this checkout's HEAD (`code_commit` without ``+dirty``): when the table's commit is an ancestor of
+    HEAD, how many later commits there are and how many of them change ``stas/`` (then the table
+    predates the current code)."""
+    import subprocess
+
+    c = meta["call"]
+    made, head = str(meta.get("commit", "unknown")), code_commit().split("+")[0]   # HEAD, not the work tree
+    run = (f"{meta.get('model')}, weights {meta.get('weights')}, {meta.get('device')} {meta.get('dtype')}; "
+           f"{len(meta['prompts'])} prompts × {len(meta['seeds'])} seeds, "
+           f"{c['height']}x{c['width']}x{c['num_frames']}, {c['num_inference_steps']} steps; made at commit {made}")
+    if head == "unknown":
+        return run + " (this checkout is outside git: not compared with the current code)"
+    if made.split("+")[0] == head:
+        return run + " = this checkout's HEAD" + (" (with uncommitted changes)" if made != head else "")
+    try:
+        base = made.split("+")[0]
+        _git("merge-base", "--is-ancestor", base, "HEAD")
+        n, n_stas = (_git("rev-list", "--count", f"{base}..HEAD", *path) for path in ((), ("--", "stas")))
+    except (OSError, subprocess.CalledProcessError):
+        return run + f", not in this checkout's history (HEAD {head}): other code than the current one"
+    return run + (f", {n} commit{'s' * (n != '1')} before this checkout's HEAD {head}, {n_stas} of them "
+                  "changing `stas/`"
+                  + (": **the table predates the current code**" if int(n_stas) else ""))
 
 
 def run_cli(a) -> dict | None:
