@@ -358,7 +358,7 @@ def seam_excess(video, temporal_factor: int = 4, strict: bool = True, metric: st
 
     0: seams are no different from the rest; > 0: change concentrates at seams (the artefact STAS
     is said to reduce). Absolute, in ``[0, 1]`` intensity units. Compare it with the same clips
-    after a VAE round trip: that is the floor any transformer-level method can reach. nan for
+    after a VAE round trip (no transformer involved: what the VAE alone adds). nan for
     ``T = 1`` or clips too short to have both kinds of transition. See :func:`seam_profile`.
     """
     return seam_profile(video, temporal_factor, strict, metric, **flow_kwargs)["seam_excess"]

@@ -598,7 +598,7 @@ def seam_profile_floor(profiles: dict, temporal_factor: int = 4, references=("re
                        reference: str = "baseline", title: str | None = None, ylabel: str = "mean |frame change|"):
     """Per-transition frame change of each method (``{name: (F-1,) mean over clips}``, e.g.
     `stas.evaluate.seam_table`) with the reference rows drawn dashed in grey — ``vae_floor`` (real
-    clips after the VAE round trip: the floor a transformer-level method can reach) and ``real`` —
+    clips after the VAE round trip, no transformer involved) and ``real`` —
     transitions that cross latent frames shaded; lower panel: each method minus ``reference``."""
     refs = {k: v for k, v in profiles.items() if k in references}
     meths = {k: v for k, v in profiles.items() if k not in references}

@@ -42,8 +42,8 @@ class ModelEntry:
         reference: ``fn(prompts, per_prompt, num_frames) -> [(prompt, seed, clip)]`` real clips
             matched to prompts (KID, reference rows and the VAE floor), or None.
         round_trip: ``fn(pipe, clips) -> clips``: clips (F, 3, H, W) in [0, 1] after the model's VAE
-            encode + decode (no transformer): the floor a transformer-level method can reach on the
-            temporal metrics (`stas.evaluate.floor_rows`), or None.
+            encode + decode (no transformer): the ``vae_floor`` reference rows of the temporal metrics
+            (`stas.evaluate.floor_rows`), or None.
         control: the registered name of a control model trained the same way (e.g. the house model's
             uniform-encoder variant), for notebook 03's comparison; None when there is none.
     """
