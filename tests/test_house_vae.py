@@ -165,3 +165,19 @@ def test_fused_norm_silu_is_the_stock_vae_with_the_same_keys():
     with torch.no_grad():
         a, b = stock(x).sample, fused(x).sample  # CPU: the same ops, uncompiled: bit for bit
     assert torch.equal(a, b)
+
+
+def test_build_channels_last_keeps_the_function():
+    from stas.house.train_vae import build
+
+    torch.manual_seed(0)
+    vae, _, _ = build("causal", 1e-3, torch.device("cpu"), graph=False, fuse=True, channels_last=True)
+    stock = make_vae("causal")
+    stock.load_state_dict(vae.state_dict())
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs)
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a = vae.eval()(x.contiguous(memory_format=torch.channels_last_3d)).sample
+        b = stock.eval()(x).sample
+    assert torch.allclose(a, b, atol=1e-5)

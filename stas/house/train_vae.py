@@ -224,8 +224,10 @@ def build(variant, lr, device, graph, fuse=False, channels_last=False):
         image_only_(vae)
     if fuse:
         fuse_norm_silu_(vae)
-    if channels_last:
-        vae.to(memory_format=torch.channels_last_3d)
+    if channels_last:  # the 3-D conv weights only (Module.to(memory_format=) refuses the 4-D norm gains)
+        for m in vae.modules():
+            if isinstance(m, nn.Conv3d):
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
     ema = {n: p.detach().clone().float() for n, p in vae.named_parameters()}
     lr_t = torch.tensor(lr, device=device) if graph else lr
     opt = torch.optim.AdamW(vae.parameters(), lr=lr_t, betas=(0.9, 0.99), weight_decay=0.0, capturable=graph)
