@@ -3,8 +3,8 @@
 ``PAPER_STAS`` is the paper's setting for real checkpoints (Wan2.1-1.3B: block 15 of 30, K = 20 of
 50 steps, α = 1, first-frame + boundary tokens), scaled to the model's depth and step count by
 `paper_config` (= `stas.STASConfig.paper`). A registered model (`stas.registry`) may bring its own
-STAS defaults (the house model's are chosen in notebooks/07_ablations.ipynb); `stas_config` uses
-them, else the paper's. The MA channels are never fixed here: they are measured on the model at hand
+STAS defaults (the house model's: the paper's setting scaled, to be confirmed by
+notebooks/07_ablations.ipynb's rule); `stas_config` uses them, else the paper's. The MA channels are never fixed here: they are measured on the model at hand
 (`ma_channels`, one recorded clip, `stas.find_massive`).
 """
 

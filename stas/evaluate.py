@@ -264,10 +264,8 @@ def summary_frame(summary, baseline: str = "baseline"):
     out = df.assign(cell=cell).pivot(index="metric", columns="method", values="cell")
     for m in [m for m in df["method"].unique() if m != baseline and m not in REFERENCE_METHODS]:
         d = df[(df["method"] == m) & (df["metric"] != "kid")].set_index("metric")
-        star = (d["p_holm"] < 0.05).map({True: "*", False: ""})
-        ci = d.apply(lambda r: f"{r['diff']:+.3g}" + (f" [{r['lo']:+.3g}, {r['hi']:+.3g}]" if np.isfinite(r["lo"]) else "")
-                     if np.isfinite(r["diff"]) else "", axis=1)
-        out[f"Δ {m}" + (" [95% CI]" if np.isfinite(d["lo"]).any() else "")] = ci + star
+        ci = d.apply(lambda r: diff_text(r) if np.isfinite(r["diff"]) else "", axis=1)
+        out[f"Δ {m}" + (" [95% CI]" if np.isfinite(d["lo"]).any() else "")] = ci
     order = list(dict.fromkeys(df["metric"]))
     return out.reindex(order)[[c for c in out.columns]].rename_axis(None, axis=1)
 

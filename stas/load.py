@@ -24,6 +24,7 @@ import torch
 from . import registry
 from .adapters import CogVideoXAdapter, WanAdapter, get_adapter
 
+
 def default_device_dtype(device=None, dtype=None):
     """(device, dtype): CUDA + bf16 when available, else CPU + float32; explicit values win.
 

@@ -241,10 +241,10 @@ class steer(HookContext):
     (nested contexts on different blocks are fine), and at a run's first transformer call (before
     any block runs) when the config can never fire in that run: K exceeds the run's executed step
     count (video-to-video with strength < 1 executes fewer steps than ``num_inference_steps``), the
-    chosen branches do not run (``uncond`` without guidance), or the chosen positions select no token. ``.calls`` lists (run, step, steered
-    branches) for every transformer call that was steered (each call steers all ``config.blocks``
-    except those listed in ``.skipped`` as (run, step, block): blocks whose computation a diffusers
-    step cache skipped are not steered).
+    chosen branches do not run (``uncond`` without guidance), or the chosen positions select no token.
+    ``.calls`` lists (run, step, steered branches) for every transformer call that was steered (each
+    call steers all ``config.blocks`` except those listed in ``.skipped`` as (run, step, block):
+    blocks whose computation a diffusers step cache skipped are not steered).
 
     Values beyond the block output's dtype (e.g. alpha * max > 65 504 in float16) are clamped to
     its finite range, never written as inf; the count is counted on the device and, when > 0,

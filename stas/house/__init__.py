@@ -1,8 +1,8 @@
 """The house model: a miniature Wan2.1-style text-to-video DiT with a causal video VAE, trained on a
 procedural world and shipped in ``data/house/<variant>/{transformer,vae}``. A plug-in: importing
 this package registers "house" / "house-causal" / "house-uniform" with `stas.registry` (loader,
-adapter with the native call and the true frame layout, STAS defaults, house-world metrics, the
-feature net, evaluation prompts, matched real clips). No generic module imports it.
+adapter with the native call and the true frame layout, STAS defaults, house-world metrics,
+evaluation prompts, matched real clips and the VAE round trip). No generic module imports it.
 
     pipe = stas.load("house")                            # a stock diffusers WanPipeline
     video = stas.generate(pipe, "a red square moves left", seed=0)

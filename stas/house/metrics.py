@@ -95,8 +95,8 @@ def vae_round_trip(pipe, clips, variant: str = "causal") -> list:
     """``clips`` (each (F, 3, H, W) in [0, 1], world size: the frames ``variant``'s pipeline returns, as
     `real_clips` gives them) after ``pipe.vae``'s encode (posterior mean, as the VAE was trained) and
     decode, no transformer involved: a list of (F, 3, H, W) float32 CPU clips in [0, 1]. Causal: the
-    clip encoded as a video (`stas.house.train.vae_encode`); uniform: every frame encoded alone. The
-    floor of the temporal metrics for any transformer-level method."""
+    clip encoded as a video (`stas.house.train.vae_encode`); uniform: every frame encoded alone. What
+    the VAE alone does to the temporal metrics (the ``vae_floor`` reference rows of `stas.evaluate`)."""
     import torch
 
     from .train import vae_encode
