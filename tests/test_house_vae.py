@@ -181,3 +181,15 @@ def test_build_channels_last_keeps_the_function():
         a = vae.eval()(x.contiguous(memory_format=torch.channels_last_3d)).sample
         b = stock.eval()(x).sample
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_gate_transition_classes_follow_the_latent_frames():
+    from stas.house.train_vae import transition_classes
+    from stas.layout import pixel_frames_of
+
+    first, seams, within = transition_classes("causal", 29)
+    # brute force from the other direction: the last pixel frame of each latent frame ends a chunk
+    ends = [pixel_frames_of(k)[-1] for k in range(8)]
+    assert first == [0] and seams == ends[1:-1] == [4, 8, 12, 16, 20, 24]
+    assert sorted(first + seams + within) == list(range(28)) and len(within) == 21
+    assert transition_classes("uniform", 8) == ([], list(range(7)), [])

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import world
+from ..layout import latent_frame_of
 from .models import NUM_FRAMES, SIZE, VARIANTS, make_vae, pixel_frames
 from .train import EVAL_SEED0, load_ckpt, log, save_ckpt, vae_encode
 
@@ -399,9 +400,10 @@ def _ema_heldout(vae, ema, variant, dev):
     return out
 
 
-def export(weights, variant, out, state, dev, clips=64):
-    """Weights (a state dict: EMA or live) + latent statistics from ``clips`` held-out clips ->
-    ``out/<variant>/vae`` (save_pretrained, safetensors) and ``out/<variant>/vae_report.json``."""
+def export(weights, variant, out, state, dev, clips=64, name="ema"):
+    """Weights (a state dict, ``name`` "ema" or "model": the live weights) + latent statistics from
+    ``clips`` held-out clips -> ``out/<variant>/vae`` (save_pretrained, safetensors) and
+    ``out/<variant>/vae_report.json`` (``exported_weights``: ``name``)."""
     e = make_vae(variant).to(dev)
     e.load_state_dict({**e.state_dict(), **weights})
     if variant == "uniform":
@@ -414,7 +416,7 @@ def export(weights, variant, out, state, dev, clips=64):
     rep = dict(variant=variant, steps=state["step"], minutes=round(state["seconds"] / 60, 2),
                heldout_psnr=round(clip_psnr, 2), heldout_psnr_per_frame=per_frame, heldout_clips=clips,
                params=sum(p.numel() for p in e.parameters()), runs=state["runs"], history=state["history"],
-               stream_seed=state["seed"])
+               stream_seed=state["seed"], exported_weights=name)
     (d / "vae_report.json").write_text(json.dumps(rep, indent=1))
     log(f"vae[{variant}] exported {d}: held-out PSNR {clip_psnr:.2f} dB, per frame {per_frame}")
     return rep
@@ -426,9 +428,7 @@ def export_ckpt(args):
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = json.loads((Path(args.ckpt) / "state.json").read_text())
     w = load_file(str(Path(args.ckpt) / f"{args.weights}.safetensors"), device=str(dev))
-    rep = export(w, args.variant, args.out, state, dev, clips=args.clips)
-    rep["exported_weights"] = args.weights
-    (Path(args.out) / args.variant / "vae_report.json").write_text(json.dumps(rep, indent=1))
+    export(w, args.variant, args.out, state, dev, clips=args.clips, name=args.weights)
 
 
 @torch.no_grad()
@@ -439,7 +439,8 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
     and ``detector_ok_real`` on the real frames (fraction of clips whose named objects all have their
     colour and shape recognised, ``detect.score_clip``); ``change_ratio`` per transition (mean |x_{t+1} -
     x_t| of reconstructions over that of the real frames, averaged over clips) and its worst deviation
-    from 1 at chunk seams (pixel 4k -> 4k+1, k >= 1) and within chunks; ``speed_ratio``: the objects'
+    from 1 (``change_dev_first``, ``_seams``, ``_within``; None where a class is empty) over the classes
+    of `transition_classes`; ``speed_ratio``: the objects'
     mean centroid speed (detector, px/frame) on reconstructions over that on the real frames;
     ``decode_s``: CPU seconds to decode one clip's latents (2 threads, median of 3).
     """
@@ -470,8 +471,7 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
                     sp_f.append(s[1])
     n = clips
     ratio = torch.stack(change_r).mean(0) / torch.stack(change_f).mean(0)
-    seams = [t for t in range(len(fr) - 1) if variant == "causal" and t >= 1 and t % 4 == 0]
-    within = [t for t in range(len(fr) - 1) if t not in seams]
+    first, seams, within = transition_classes(variant, len(fr))
     vae_cpu = vae.to("cpu").float()
     lat = vae_encode(vae_cpu, video[:1].cpu().float(), variant)
     threads = torch.get_num_threads()
@@ -486,10 +486,22 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
     return dict(variant=variant, clips=n, psnr=round(float(psnr(torch.tensor(se / n))), 2),
                 detector_ok=round(ok / n, 3), detector_ok_real=round(ok_real / n, 3),
                 change_ratio=[round(float(r), 3) for r in ratio],
+                change_dev_first=round(float((ratio[first] - 1).abs().max()), 3) if first else None,
                 change_dev_seams=round(float((ratio[seams] - 1).abs().max()), 3) if seams else None,
-                change_dev_within=round(float((ratio[within] - 1).abs().max()), 3),
+                change_dev_within=round(float((ratio[within] - 1).abs().max()), 3) if within else None,
                 speed_ratio=round(float(np.sum(sp_r) / np.sum(sp_f)), 3) if sp_f else None, speed_objects=len(sp_f),
                 decode_s=round(float(np.median(times)), 2))
+
+
+def transition_classes(variant: str, num_frames: int) -> tuple[list, list, list]:
+    """Transitions t -> t+1 of a ``num_frames`` reconstruction as (first, seams, within) lists of t: for
+    the causal VAE, ``first`` = [0] (latent frame 0 is pixel frame 0 alone), ``seams`` the later
+    transitions that cross latent frames (`stas.layout.latent_frame_of`: 4 -> 5, 8 -> 9, ...),
+    ``within`` the rest; the uniform VAE encodes every frame alone, so all its transitions are seams."""
+    if variant != "causal":
+        return [], list(range(num_frames - 1)), []
+    cross = [t for t in range(num_frames - 1) if latent_frame_of(t) != latent_frame_of(t + 1)]
+    return cross[:1], cross[1:], [t for t in range(num_frames - 1) if t not in cross]
 
 
 def _speed(det):
