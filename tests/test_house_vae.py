@@ -193,3 +193,24 @@ def test_gate_transition_classes_follow_the_latent_frames():
     assert first == [0] and seams == ends[1:-1] == [4, 8, 12, 16, 20, 24]
     assert sorted(first + seams + within) == list(range(28)) and len(within) == 21
     assert transition_classes("uniform", 8) == ([], list(range(7)), [])
+
+
+def test_freeze_encoder_keeps_the_latent_space_and_trains_the_decoder():
+    from stas.house.train_vae import Batches, Step, build, freeze_encoder_
+
+    torch.manual_seed(0)
+    vae, ema, opt = build("causal", 1e-3, torch.device("cpu"), graph=False)
+    with torch.no_grad():  # an EMA that differs from the live weights, as after training
+        for n in ema:
+            ema[n].add_(0.01 * torch.randn_like(ema[n]))
+    assert freeze_encoder_(vae, ema) > 0
+    frozen = {n: p.clone() for n, p in vae.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("encoder.", "quant_conv.")) for n in frozen)
+    assert all(torch.equal(p, ema[n]) for n, p in frozen.items())  # the exported (EMA) encoder
+    dec = {n: p.clone() for n, p in vae.named_parameters() if n.startswith("decoder.")}
+    x = Batches("causal", 1, 16, 5, torch.device("cpu")).next()
+    Step(vae, opt, ema, 1e-4, graph=False, dt_weight=1.0).run(x, 0)
+    after = dict(vae.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in frozen.items())
+    assert all(torch.equal(ema[n], p) for n, p in frozen.items())  # the EMA of a frozen tensor stays put
+    assert sum(not torch.equal(after[n], p) for n, p in dec.items()) > len(dec) // 2

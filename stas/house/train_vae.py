@@ -158,6 +158,24 @@ class Step:
         return self.out
 
 
+ENCODER = ("encoder.", "quant_conv.")  # AutoencoderKLWan's parameters that define the latent space
+
+
+def freeze_encoder_(vae, ema) -> int:
+    """In place: the encoder and ``quant_conv`` take their EMA weights (those an EMA export ships) and
+    stop training, so the latent space of that export stays fixed (a DiT trained on its latents stays
+    valid) while the decoder trains on. Call before building `Step` (it trains what requires grad).
+    Returns the number of frozen parameter tensors."""
+    n = 0
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.startswith(ENCODER):
+                p.copy_(ema[name])
+                p.requires_grad_(False)
+                n += 1
+    return n
+
+
 def image_only_(vae):
     """Zero every causal conv's taps on past frames, in place: each frame is then encoded and decoded
     alone, also when a whole clip is decoded at once (as WanPipeline does). The uniform variant trains on
@@ -316,6 +334,8 @@ def train(args):
     elif args.init:
         state = init_from_export(args.init, vae, ema, state)
         log(f"started from exported {args.init} at step {state['step']} ({state['seconds'] / 60:.1f} min), new AdamW")
+    if args.freeze_encoder:
+        log(f"froze {freeze_encoder_(vae, ema)} encoder tensors at their EMA weights; the decoder trains")
     if args.reset_ema:
         with torch.no_grad():
             for n, p in vae.named_parameters():
@@ -336,7 +356,7 @@ def train(args):
     t0, s0, n0 = time.time(), state["seconds"], state["step"]
     run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt, grad=args.grad, graph=graph,
                fuse=bool(args.fuse), channels_last=bool(args.channels_last),
-               reset_ema=args.reset_ema, fresh_adamw=fresh_opt,
+               reset_ema=args.reset_ema, fresh_adamw=fresh_opt, freeze_encoder=args.freeze_encoder,
                device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
     last_eval = time.time()
     while not stop and time.time() - t0 < args.minutes * 60:
@@ -555,6 +575,8 @@ def main(argv=None):
     t.add_argument("--ckpt", required=True, help="resume checkpoint folder (keep it under runs/)")
     t.add_argument("--export", default=None, help="folder for EMA weights + report")
     t.add_argument("--reset-ema", action="store_true", help="on resume, restart the EMA from the live weights")
+    t.add_argument("--freeze-encoder", action="store_true", help="encoder + quant_conv fixed at their EMA "
+                   "weights (the exported latent space stays valid for a DiT); only the decoder trains")
     t.add_argument("--init", default=None, help="when --ckpt holds no checkpoint: start from this export "
                    "(folder with vae/ and vae_report.json, e.g. data/house/v2/causal) and continue its curve")
     e = sub.add_parser("export", help="checkpoint -> save_pretrained VAE + report (CPU is fine)")
