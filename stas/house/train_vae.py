@@ -14,8 +14,10 @@ capture" recipe). ``bench`` times the step for a list of settings and prints the
 
 ``train`` resumes from ``--ckpt`` (model, EMA, AdamW state, data-stream position, cumulative history);
 without one it starts from ``--init`` (an earlier export and its report) or fresh. ``--dt`` adds an L1
-loss on frame-to-frame change (reconstruction's minus input's) against flicker. ``--export`` writes the EMA weights with latent statistics from held-out
-clips (``save_pretrained``, safetensors) and ``vae_report.json`` (held-out PSNR per frame).
+loss on frame-to-frame change (reconstruction's minus input's) against flicker; ``--freeze-encoder``
+trains the decoder alone (pass it on every run that should keep the latent space). ``--export``
+writes the EMA weights with latent statistics from held-out clips (``save_pretrained``, safetensors)
+and ``vae_report.json`` (held-out PSNR per frame); ``gate`` measures issue 8's gate 1.
 """
 from __future__ import annotations
 
