@@ -370,7 +370,7 @@ def train_dit(args):
         with torch.no_grad():
             d = min(args.ema, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_list, [x.detach() for x in src_list], 1 - d)
-        return loss, gn
+        return loss.detach(), gn
 
     def snapshot_ma(tag):
         model.eval()
