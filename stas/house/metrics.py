@@ -99,19 +99,14 @@ def vae_round_trip(pipe, clips, variant: str = "causal") -> list:
     the VAE alone does to the temporal metrics (the ``vae_floor`` reference rows of `stas.evaluate`)."""
     import torch
 
-    from .train import vae_encode
+    from .train import encode_frames_alone, vae_encode
 
     vae, out = pipe.vae, []
     with torch.no_grad():
         for c in clips:
             x = torch.as_tensor(c, dtype=torch.float32).permute(1, 0, 2, 3)[None] * 2 - 1   # (1, 3, F, H, W)
             x = x.to(vae.device, vae.dtype)
-            if variant == "causal":
-                z = vae_encode(vae, x, variant)
-            else:
-                f = x.shape[2]
-                mu = vae.encode(x.transpose(1, 2).reshape(f, 3, 1, *x.shape[-2:])).latent_dist.mode()  # (F, z, 1, h, w)
-                z = mu[:, :, 0].transpose(0, 1)[None]                                             # (1, z, F, h, w)
+            z = vae_encode(vae, x, variant) if variant == "causal" else encode_frames_alone(vae, x)
             rec = vae.decode(z).sample[0].float().clamp(-1, 1)
             out.append(((rec + 1) / 2).permute(1, 0, 2, 3).cpu())
     return out

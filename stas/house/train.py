@@ -48,11 +48,14 @@ def vae_encode(vae, video, variant):
     """video (B,3,F,H,W) in [-1,1] (all F=29 frames) -> posterior mean (B,z,8,h,w)."""
     if variant == "causal":
         return vae.encode(video).latent_dist.mode()
-    fr = pixel_frames(variant, video.shape[2])
-    x = video[:, :, fr]  # B,3,8,H,W
+    return encode_frames_alone(vae, video[:, :, pixel_frames(variant, video.shape[2])])
+
+
+def encode_frames_alone(vae, x):
+    """x (B,3,T,H,W) -> posterior mean (B,z,T,h,w), every frame encoded as its own one-frame clip (the
+    uniform variant's image VAE)."""
     B, C, T, H, W = x.shape
-    x = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, 1, H, W)
-    mu = vae.encode(x).latent_dist.mode()  # B*T, z, 1, h, w
+    mu = vae.encode(x.permute(0, 2, 1, 3, 4).reshape(B * T, C, 1, H, W)).latent_dist.mode()  # B*T, z, 1, h, w
     return mu[:, :, 0].reshape(B, T, mu.shape[1], mu.shape[3], mu.shape[4]).permute(0, 2, 1, 3, 4)
 
 
@@ -264,22 +267,28 @@ def load_ckpt(path, model, ema, opt, dev):
     return state
 
 
+def load_export_weights(folder, device) -> dict:
+    """Every tensor of the ``*.safetensors`` shards under ``folder`` (a save_pretrained directory), on
+    ``device``. Raises FileNotFoundError when there is none."""
+    from safetensors.torch import load_file
+
+    w = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        w.update(load_file(str(f), device=str(device)))
+    if not w:
+        raise FileNotFoundError(f"no safetensors under {folder}")
+    return w
+
+
 def init_dit_from_export(folder, model, ema, state):
     """Start from an exported DiT (``folder/transformer``, save_pretrained, bf16) and continue its
     report's curves (``folder/train_report.json``: steps, trained_minutes, loss_history, ma_history): the
     resume path when the ``runs/`` checkpoint (AdamW state) is gone. Loads into ``model`` and ``ema``
     (float32 copies of the bf16 weights) in place; returns the trainer state. Raises FileNotFoundError
     when either is missing."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     rep = json.loads((folder / "train_report.json").read_text())
-    dev = next(model.parameters()).device
-    w = {}
-    for f in sorted((folder / "transformer").glob("*.safetensors")):
-        w.update(load_file(str(f), device=str(dev)))
-    if not w:
-        raise FileNotFoundError(f"no safetensors under {folder / 'transformer'}")
+    w = load_export_weights(folder / "transformer", next(model.parameters()).device)
     model.load_state_dict({k: v.float() for k, v in w.items()})
     with torch.no_grad():
         for k, v in model.state_dict().items():

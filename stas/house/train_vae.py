@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import world
-from ..layout import latent_frame_of
+from ..layout import crosses_latent_frames
 from .models import NUM_FRAMES, SIZE, VARIANTS, make_vae, pixel_frames
-from .train import EVAL_SEED0, load_ckpt, log, save_ckpt, vae_encode
+from .train import EVAL_SEED0, load_ckpt, load_export_weights, log, save_ckpt, vae_encode
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -392,16 +392,9 @@ def init_from_export(folder, vae, ema, state):
     (``folder/vae_report.json``: steps, minutes, runs, history, stream position): the resume path when
     the ``runs/`` checkpoint (AdamW state) is gone. Loads into ``vae`` and ``ema`` in place; returns the
     trainer state. Raises FileNotFoundError when either file is missing."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     rep = json.loads((folder / "vae_report.json").read_text())
-    w = {}
-    for f in sorted((folder / "vae").glob("*.safetensors")):
-        w.update(load_file(str(f), device=str(next(vae.parameters()).device)))
-    if not w:
-        raise FileNotFoundError(f"no safetensors under {folder / 'vae'}")
-    vae.load_state_dict(w)
+    vae.load_state_dict(load_export_weights(folder / "vae", next(vae.parameters()).device))
     with torch.no_grad():
         for n, p in vae.named_parameters():
             ema[n].copy_(p)
@@ -516,14 +509,14 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
 
 
 def transition_classes(variant: str, num_frames: int) -> tuple[list, list, list]:
-    """Transitions t -> t+1 of a ``num_frames`` reconstruction as (first, seams, within) lists of t: for
-    the causal VAE, ``first`` = [0] (latent frame 0 is pixel frame 0 alone), ``seams`` the later
-    transitions that cross latent frames (`stas.layout.latent_frame_of`: 4 -> 5, 8 -> 9, ...),
-    ``within`` the rest; the uniform VAE encodes every frame alone, so all its transitions are seams."""
-    if variant != "causal":
-        return [], list(range(num_frames - 1)), []
-    cross = [t for t in range(num_frames - 1) if latent_frame_of(t) != latent_frame_of(t + 1)]
-    return cross[:1], cross[1:], [t for t in range(num_frames - 1) if t not in cross]
+    """Transitions t -> t+1 of a ``num_frames`` reconstruction as (first, seams, within) lists of t, from
+    `stas.layout.crosses_latent_frames` at the variant's returned-frame temporal factor (causal 4,
+    uniform 1): ``first`` = [0] (latent frame 0 is pixel frame 0 alone), ``seams`` the later
+    transitions that cross latent frames (causal 4 -> 5, 8 -> 9, ...; uniform: all), ``within`` the rest."""
+    cross = crosses_latent_frames(num_frames, 4 if variant == "causal" else 1).tolist()
+    t = [i for i, c in enumerate(cross) if c]
+    first = t[:1] if variant == "causal" else []
+    return first, [i for i in t if i not in first], [i for i, c in enumerate(cross) if not c]
 
 
 def _speed(det):
