@@ -88,6 +88,19 @@ def test_pruned_text_encoder_matches_full_on_the_grammar(tmp_path):
         encode(ptok, pruned, ["a purple dragon"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the vocabulary check on a GPU encoder needs CUDA")
+def test_pruned_text_encoder_on_cuda_matches_cpu(tmp_path):
+    # the check once compared CPU token ids with the encoder's CUDA id table (RuntimeError on an H200)
+    from stas.house.text import encode, export_pruned, load_text_encoder
+
+    ptok, cpu = load_text_encoder(export_pruned(tmp_path / "minilm"))
+    _, gpu = load_text_encoder(tmp_path / "minilm", device="cuda")
+    caps = list(world.sample_params(range(8)).caption)
+    torch.testing.assert_close(encode(ptok, gpu, caps).cpu(), encode(ptok, cpu, caps), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="outside this pruned"):
+        encode(ptok, gpu, ["a purple dragon"])
+
+
 def test_temporal_diff_pairs_frames_of_one_clip():
     from stas.house.train_vae import temporal_diff
 

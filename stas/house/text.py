@@ -59,7 +59,7 @@ def encode(tokenizer, encoder, prompts, max_sequence_length: int = MAX_SEQ_LEN, 
                    add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     ids, mask = ti.input_ids.to(device), ti.attention_mask.to(device)
     kept = getattr(encoder, "kept_token_ids", None)
-    if kept is not None and not torch.isin(ti.input_ids, kept).all():
+    if kept is not None and not torch.isin(ids, kept.to(ids.device)).all():
         raise ValueError("a prompt uses tokens outside this pruned encoder's vocabulary (the house grammar's); "
                          "use the full MiniLM (load_text_encoder() without a path)")
     h = encoder(ids, mask).last_hidden_state.float()
