@@ -382,7 +382,8 @@ def part_mode(b: Bench, mode):
         med = statistics.median(times[name])
         rows[name] = {"median_ms": med, "vs_none_pct": 100 * (med - base) / base, "graphs_added": graphs[name],
                       "all_ms": times[name]}
-    out = {"forward": rows, "no_host_sync": sync, "backend_used": _kernels.backend(b.x)}
+    out = {"forward": rows, "no_host_sync": sync, "backend_used": _kernels.backend(b.x),
+           "triton_config": dict(_kernels.CONFIG)}
     b.res[mode] = out
     b.save()
     before = counters["stats"]["unique_graphs"]
@@ -704,6 +705,10 @@ def fits(b: Bench, part: str, later) -> bool:
 
 # -- the README table ----------------------------------------------------------------------------
 
+def _tile(cfg: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in cfg.items())
+
+
 def table(res: dict) -> str:
     """The README's performance section body (markdown) from a results dict (overhead.json)."""
     f = lambda v, fmt: "—" if v is None else format(v, fmt)  # noqa: E731
@@ -713,7 +718,7 @@ def table(res: dict) -> str:
              f"`python benchmarks/overhead.py`.", ""]
     kern = res.get("kernel", {})
     if kern:
-        tile = ", ".join(f"{k}={v}" for k, v in res.get("triton_config", {}).items())
+        tile = _tile(res.get("triton_config", {}))
         lines += [f"`record` on all {res['blocks']} blocks, hooks' own GPU time by reduction backend "
                   f"(default on CUDA: `{res['cuda_backend']}`; Triton tile {tile}; one read of the block output "
                   f"(`flat.sum(0)`): {kern['read_floor_us']:.1f} µs):", "",
@@ -734,6 +739,11 @@ def table(res: dict) -> str:
         if dec:
             lines.append(f"\nTriton kernel alone: {dec['speedup_vs_best_torch']:.2f}x the speed of the best torch path "
                          f"(`{dec['best_torch']}`); CUDA default by this run: `{dec['recommend_cuda_backend']}`.")
+        other = [f"{m} columns: tile {_tile(res[m]['triton_config'])}" for m in ("eager", "compiled")
+                 if m in res and res[m].get("triton_config", res.get("triton_config")) != res.get("triton_config")]
+        if other:
+            lines.append(f"\nMeasured with another Triton tile than the kernel column (a later `--parts kernel` "
+                         f"run changed it): {'; '.join(other)}.")
         rounds = res.get("compiled", {}).get("hooks", {}).get("rounds")
         if rounds:
             lines.append(f"\nCompiled, wall clock: one compiled block with minus without the hook, paired over "
@@ -773,6 +783,8 @@ def profile_table(res: dict) -> list:
     unit = "GPU kernel time" if prof["activity"] == "CUDA" else "CPU ops' self time"
     when = "" if (prof["date"], prof["torch"]) == (res.get("date"), res.get("torch")) else \
         f"; measured {prof['date']} on {prof['device']}, torch {prof['torch']}, triton {prof.get('triton')}"
+    if prof.get("triton_config", res.get("triton_config")) != res.get("triton_config"):
+        when += f"; Triton tile {_tile(prof['triton_config'])}"
     lines = ["", f"Compiled, `record`'s {unit} from `torch.profiler` (`ProfilerActivity.{prof['activity']}`; the "
                  f"durations of the kernels, not wall clock{when}; `--parts compiled_profile`): {prof['repeats']} "
                  f"profiles of {prof['forwards_per_profile']} forward(s) with record on all {prof['blocks']} blocks "

@@ -39,7 +39,7 @@ CUDA_BACKEND = "triton"
 # program, warps, elementwise accumulators (acc2d), software-pipelined loads (stages > 1: cp.async) and
 # the partials combined by the last tile of each column block (fuse_final) instead of a second launch.
 # benchmarks/overhead.py sweeps alternatives at the real shape and prints the fastest as this line.
-CONFIG = dict(block_n=64, block_d=128, rows_per_program=1024, num_warps=8, acc2d=True, stages=3)
+CONFIG = dict(block_n=32, block_d=128, rows_per_program=1024, num_warps=4, acc2d=True, stages=3, fuse_final=False)
 BACKEND = None  # set by benchmarks and tests to force one backend everywhere ("torch", "triton", ...)
 
 try:
