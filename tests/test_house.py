@@ -117,6 +117,22 @@ def test_shipped_uniform_pipeline_frames():
     assert v.shape == (2, 3, 128, 128)  # per-frame VAE: one output frame per latent frame (pixel frames 0, 4)
 
 
+def test_load_pipeline_from_any_root_gets_the_house_adapter(tmp_path):
+    # a pipeline loaded by stas.house.load_pipeline (e.g. staged weights) once got generic Wan's adapter:
+    # call_settings gave Wan's 81 x 480 x 832 native call and the uniform layout a temporal factor of 4
+    import shutil
+
+    import stas
+    from stas.house import DEFAULTS, load_pipeline
+
+    _shipped("uniform")
+    shutil.copytree(stas.house.variant_dir("uniform"), tmp_path / "uniform")
+    pipe = load_pipeline("uniform", device="cpu", root=tmp_path)
+    assert stas.call_settings(pipe) == DEFAULTS["uniform"]
+    lay = stas.get_adapter(pipe).layout_for_call(29, 128, 128)
+    assert (lay.frames, lay.temporal_factor) == (8, 1)
+
+
 def test_training_report_uses_stas_definitions():
     """The trainer's MA snapshot: stas.massive's ratios and TokenLayout's position classes (boundary =
     first and last token row of each later latent frame), checked against a direct computation."""

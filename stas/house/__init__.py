@@ -46,6 +46,8 @@ def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None, t
     device None -> cuda if available else cpu; dtype None -> bf16 on cuda, float32 on cpu. ``root``:
     a folder with ``<variant>/{transformer,vae}`` (default ``data/house``); ``text_dir``: MiniLM
     files (default: the installed package). Raises ``FileNotFoundError`` when the weights are missing.
+    The pipeline is tagged ``stas_name = "house-<variant>"``, so `stas.get_adapter` and
+    `stas.call_settings` give the house adapter (true frame layout, native call) whatever ``root`` is.
     """
     import torch
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
@@ -65,6 +67,7 @@ def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None, t
                        scheduler=make_scheduler(FLOW_SHIFT))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    pipe.stas_name = f"house-{variant}"  # stas.get_adapter / call_settings: this variant's adapter, not generic Wan's
     return pipe
 
 
