@@ -198,3 +198,62 @@ def test_train_dit_init_from_export_continues_the_curves(tmp_path):
     assert state["history"] == rep["loss_history"] and state["ma_history"] == rep["ma_history"]
     for k, v in src.state_dict().items():  # the exported (bf16) weights, in the model and its EMA
         assert torch.equal(model.state_dict()[k], v.to(torch.bfloat16).float()) and torch.equal(ema[k], model.state_dict()[k])
+
+
+def test_gates_massive_first_step_ratios_match_a_hook_on_the_first_call():
+    """`gates.massive`'s per-block ratios at step 0 (cond) against the block output captured by a plain
+    forward hook on the pipeline's first transformer call (the cond branch of step 0)."""
+    from stas.house import DEFAULTS, load_pipeline
+    from stas.house.gates import massive
+    from stas.massive import hidden_ratios
+
+    _shipped("uniform")
+    pipe = load_pipeline("uniform", device="cpu")
+    prompt = world.EVAL_PROMPTS[1]
+    res = massive(pipe, [prompt], seeds=(0,))
+    mid = res["mid_block"]
+    outs = []
+    h = pipe.transformer.blocks[mid].register_forward_hook(lambda m, i, o: outs.append(o.detach()))
+    try:
+        pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **DEFAULTS["uniform"])
+    finally:
+        h.remove()
+    ref = hidden_ratios(outs[0])
+    assert res["mid"]["top_channel"] == int(ref["peak/median"].argmax())
+    assert res["mid"]["peak_over_mean"] == pytest.approx(float(ref["peak/mean"].max()), rel=1e-4)
+    # the median is record's sampled median (exact q-quantile for q in 1/2 +- 0.0101): a few % at most
+    assert res["mid"]["peak_over_median"] == pytest.approx(float(ref["peak/median"].max()), rel=0.05)
+    assert {r["channel"] for r in res["hierarchy"]} == set(res["ma_channels"])
+    assert len(res["hierarchy"]) == len(res["ma_channels"]) * 2 * len(pipe.transformer.blocks)
+
+
+def test_gates_conditioning_against_direct_velocities():
+    """Pair 0 recomputed by hand: the clip's latents (VAE mode, training normalisation), noise from the
+    seeded generator, velocity for caption 0 and caption 1 at timestep 750."""
+    from stas.house import load_pipeline
+    from stas.house.gates import HELDOUT_SEED0, conditioning
+    from stas.house.train import norm_stats, vae_encode
+
+    _shipped("uniform")
+    pipe = load_pipeline("uniform", device="cpu")
+    res = conditioning(pipe, "uniform", pairs=3, t=0.75, seed=5)
+    video, caps = world.ClipStream(start_seed=HELDOUT_SEED0 + 10_000).next(3)
+    assert caps[0] != caps[1]
+    m, s = norm_stats(pipe.vae, "cpu")
+    with torch.no_grad():
+        x0 = (vae_encode(pipe.vae, video, "uniform") - m) / s
+        xt = (0.25 * x0 + 0.75 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(5)))[:1]
+        e = [pipe.encode_prompt(c, do_classifier_free_guidance=False, max_sequence_length=32)[0] for c in caps[:2]]
+        v = [pipe.transformer(xt, torch.tensor([750.0]), x, return_dict=False)[0] for x in e]
+    assert res["rel_l2"][0] == pytest.approx(float((v[0] - v[1]).norm() / v[0].norm()), abs=2e-4)
+    assert res["median"] == pytest.approx(float(np.median(res["rel_l2"])), abs=1e-4)
+    assert res["pass"] == (res["median"] >= 0.10)
+
+
+def test_heldout_prompts_come_from_untrained_seeds():
+    from stas.house.gates import HELDOUT_SEED0, heldout_prompts
+
+    assert HELDOUT_SEED0 > 1_000_000_000  # training pools draw seeds < 1e9
+    p = heldout_prompts(8)
+    assert p == list(world.sample_params(range(HELDOUT_SEED0, HELDOUT_SEED0 + 8)).caption)
+    assert all(world.parse_prompt(x) for x in p)

@@ -98,13 +98,24 @@ def compact_ma(rec):
 def sample_eval(out, variant, dev, text_dir=None, prompts=None, seed=0, **kw):
     """Generate one clip per evaluation prompt with the stock pipeline; score with the detector."""
     from . import DEFAULTS, load_pipeline
-    from .detect import score_clip
 
     pipe = load_pipeline(variant, device=dev, dtype=torch.float32, root=out, text_dir=text_dir)
-    prompts = prompts or world.EVAL_PROMPTS
-    call = dict(DEFAULTS[variant], **kw)
+    return score_samples(pipe, prompts or world.EVAL_PROMPTS, dict(DEFAULTS[variant], **kw), seed)
+
+
+@torch.no_grad()
+def score_samples(pipe, prompts, call: dict, seed=0, progress=False):
+    """One clip per prompt (seed ``seed + i``, CPU generator) scored by `detect.score_clip`.
+
+    Returns ``{"summary": {n, ok, colour_ok, persist_ok, motion_ok, call}, "clips": [...]}``: ``ok`` is
+    the fraction of clips whose every named object is recognised (colour and shape), ``motion_ok`` the
+    fraction of named objects with a knowable motion whose direction is right."""
+    from tqdm.auto import tqdm
+
+    from .detect import score_clip
+
     res = []
-    for i, p in enumerate(prompts):
+    for i, p in enumerate(tqdm(prompts, desc="samples", disable=not progress, leave=False)):
         g = torch.Generator(device="cpu").manual_seed(seed + i)
         v = pipe(prompt=p, generator=g, output_type="pt", **call).frames[0]  # F,3,H,W in [0,1]
         sc = score_clip(v.float().cpu(), p)

@@ -465,6 +465,20 @@ def train_dit(args):
     log(f"wrote {out / args.variant}")
 
 
+def gates_cli(args):
+    from . import load_pipeline
+    from .gates import run_gates
+
+    pipe = load_pipeline(args.variant, device=_device(), dtype=torch.float32, root=args.out, text_dir=args.text_encoder_dir)
+    res = run_gates(pipe, args.variant, args.samples, args.ma_prompts)
+    path = Path(args.json or Path(args.out) / args.variant / "gates.json")
+    path.write_text(json.dumps(res, indent=1))
+    s, c, m = res["samples"]["summary"], res["conditioning"], res["massive"]["mid"]
+    log(f"gate 2: ok {s['ok']:.1%} motion {s['motion_ok']:.1%} (n {s['n']}) conditioning median {c['median']:.3f} "
+        f"| mid block {m['block']}: peak/median {m['peak_over_median']:.0f}x peak/mean {m['peak_over_mean']:.0f}x "
+        f"| MA channels {res['massive']['ma_channels']} -> {path}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m stas.house.train")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -523,6 +537,13 @@ def main(argv=None):
     d.add_argument("--sample-steps", type=int, default=None)
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--out", default="data/house")
+    g = sub.add_parser("gates", help="issue 8's DiT gates 2-4 on exported weights (stas.house.gates)")
+    g.add_argument("--variant", choices=VARIANTS, default="causal")
+    g.add_argument("--out", default="data/house")
+    g.add_argument("--text-encoder-dir", default=None)
+    g.add_argument("--samples", type=int, default=64, help="held-out prompts, one clip each")
+    g.add_argument("--ma-prompts", type=int, default=8)
+    g.add_argument("--json", default=None, help="default: <out>/<variant>/gates.json")
     r = sub.add_parser("report")
     r.add_argument("--out", default="data/house")
     a = ap.parse_args(argv)
@@ -532,6 +553,8 @@ def main(argv=None):
         finetune_decoder(a)
     elif a.cmd == "dit":
         train_dit(a)
+    elif a.cmd == "gates":
+        gates_cli(a)
     else:
         print(make_figure(a.out))
 

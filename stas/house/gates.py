@@ -1,0 +1,132 @@
+"""Issue 8's DiT gates 2-4, measured on a loaded house pipeline (any folder: shipped or staged).
+
+    python -m stas.house.train gates --variant uniform --out data/house/v2 --json data/house/v2/uniform/gates.json
+
+* Gate 2, samples (`samples`): one clip per held-out prompt (`heldout_prompts`: captions of world clips
+  from seeds no training run draws), the native call, scored by `detect.score_clip` (`report.score_samples`).
+  Pass: every named object's colour and shape recognised in >= 80 % of clips, motion direction right
+  for >= 70 % of the named objects with a knowable motion.
+* Gate 2, conditioning (`conditioning`): with the same noise, the transformer's velocity for a clip's
+  caption and for another clip's caption, relative L2 ``||v_a - v_b|| / ||v_a||`` at t = 0.75 on
+  held-out clips' latents. Pass: median over pairs >= 0.10.
+* Gates 3-4, massive activations (`massive`): the pipeline's own denoising runs recorded by
+  `stas.study.record_blocks`; MA channels by `stas.find_massive`; per block at the first step both
+  ratios (peak/median as Sun et al., peak/mean as the paper; `stas.massive`); the position classes of
+  `stas.TokenLayout` (boundary = the trainer's: first and last token row of each latent frame) on every
+  MA channel, early and late steps, every block (`stas.hierarchy.class_table`). Aims (not pass/fail):
+  peak/mean >= 59 and peak/median >= 100 at the mid block; the hierarchy is reported as measured.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import DEFAULTS, world
+from .report import BOUNDARY, score_samples
+
+HELDOUT_SEED0 = 1_000_000_000 + 500_000  # beyond the trainers' held-out statistics seeds (1e9 + 7, + 99)
+
+
+def heldout_prompts(n: int = 64, seed0: int = HELDOUT_SEED0) -> list[str]:
+    """Captions of ``n`` world clips from seeds ``seed0 ...`` (no trainer draws them; the grammar is
+    small, so a caption's text may still occur in a training pool: see `caption_overlap`)."""
+    return list(world.sample_params(range(seed0, seed0 + n)).caption)
+
+
+def caption_overlap(prompts, pool_seed0: int = 15_000_000, pool: int = 32768) -> float:
+    """Fraction of ``prompts`` whose exact text is among the captions of the DiT's training pool
+    (``train dit``: seeds ``seed * 10_000_000 + 5_000_000 ...``, default seed 1, 32768 clips)."""
+    seen = set(world.sample_params(range(pool_seed0, pool_seed0 + pool)).caption)
+    return float(np.mean([p in seen for p in prompts]))
+
+
+@torch.no_grad()
+def samples(pipe, variant: str, n: int = 64, seed: int = 0, progress: bool = True) -> dict:
+    """Gate 2 (samples) on ``n`` held-out prompts; ``summary`` gains ``pass`` and ``train_caption_overlap``."""
+    prompts = heldout_prompts(n)
+    res = score_samples(pipe, prompts, dict(DEFAULTS[variant]), seed=seed, progress=progress)
+    s = res["summary"]
+    s["train_caption_overlap"] = caption_overlap(prompts)
+    s["pass"] = bool(s["ok"] >= 0.8 and s["motion_ok"] >= 0.7)
+    return res
+
+
+@torch.no_grad()
+def conditioning(pipe, variant: str, pairs: int = 16, t: float = 0.75, seed: int = 0) -> dict:
+    """Gate 2 (conditioning): relative L2 between velocities for two captions, same noisy latents.
+
+    Latents: ``pairs`` held-out world clips encoded by the pipeline's VAE (posterior mode), normalised
+    with its ``latents_mean``/``latents_std`` as in training, noised to ``x_t = (1 - t) x_0 + t eps``
+    (one seeded ``eps``), timestep ``1000 t``. Prompt a = the clip's caption, b = the next clip's caption.
+    Returns per-pair values, their median and minimum, and ``pass`` (median >= 0.10)."""
+    from .train import norm_stats, vae_encode
+
+    dev = pipe._execution_device
+    tr = pipe.transformer
+    video, caps = world.ClipStream(start_seed=HELDOUT_SEED0 + 10_000, device="cpu").next(pairs)
+    vae = pipe.vae
+    m, s = norm_stats(vae, vae.device)
+    x0 = (vae_encode(vae, video.to(vae.device, vae.dtype), variant).float() - m) / s
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    xt = ((1 - t) * x0.cpu() + t * torch.randn(x0.shape, generator=g)).to(dev, tr.dtype)
+    other = caps[1:] + caps[:1]
+    kw = dict(do_classifier_free_guidance=False, max_sequence_length=DEFAULTS[variant]["max_sequence_length"],
+              device=dev, dtype=tr.dtype)
+    ea, eb = pipe.encode_prompt(caps, **kw)[0], pipe.encode_prompt(other, **kw)[0]
+    ts = torch.full((pairs,), 1000.0 * t, device=dev)
+    va = tr(xt, ts, ea, return_dict=False)[0].float()
+    vb = tr(xt, ts, eb, return_dict=False)[0].float()
+    rel = ((va - vb).flatten(1).norm(dim=1) / va.flatten(1).norm(dim=1)).cpu().numpy()
+    same = [a == b for a, b in zip(caps, other)]
+    rel = rel[~np.array(same)]
+    return dict(t=t, pairs=len(rel), rel_l2=[round(float(r), 4) for r in rel], median=float(np.median(rel)),
+                min=float(rel.min()), **{"pass": bool(np.median(rel) >= 0.10)})
+
+
+@torch.no_grad()
+def massive(pipe, prompts, seeds=(0,), early_frac: float = 0.4) -> dict:
+    """Gates 3-4 on the pipeline's native call: MA channels, both ratios per block at the first step,
+    and the position hierarchy of every MA channel per block, early (first ``early_frac`` of the steps)
+    and late (the last ``early_frac``), from one `stas.study.record_blocks` recording (cond branch)."""
+    from ..adapters import get_adapter
+    from ..hierarchy import class_table, magnitudes
+    from ..load import call_settings
+    from ..massive import find_massive
+    from ..study import record_blocks
+
+    call = call_settings(pipe)
+    probe = record_blocks(pipe, list(prompts)[:1], list(seeds)[:1], call=call)
+    chans = find_massive(probe).channels
+    st = record_blocks(pipe, list(prompts), list(seeds), channels=chans, call=call)
+    ma = find_massive(st)
+    first = find_massive(st, steps=[0], branch="cond")
+    blocks = list(st.blocks)
+    per_block = [dict(block=b, top_channel=int(first.ratio_median[i].argmax()),
+                      peak_over_median=float(first.ratio_median[i].max()),
+                      peak_over_mean=float(first.ratio_mean[i].max())) for i, b in enumerate(blocks)]
+    lay = get_adapter(pipe).layout_for_call(call["num_frames"], call["height"], call["width"])
+    S = st.num_steps
+    k = max(1, round(early_frac * S))
+    windows = {"early": list(range(k)), "late": list(range(S - k, S))}
+    hier = []
+    for c in chans:
+        for name, steps in windows.items():
+            for b in blocks:
+                tab = class_table(magnitudes(st, c, steps=steps, blocks=[b])[:, :, 0], lay, **BOUNDARY)
+                hier.append(dict(channel=c, window=name, block=b, first_over_interior=tab["first/interior"]["mean"],
+                                 boundary_over_interior=tab["boundary/interior"]["mean"],
+                                 **{f"mean_{k_}": v for k_, v in tab["mean"].items()}))
+    mid = blocks[len(blocks) // 2]
+    return dict(call=call, prompts=list(prompts), seeds=[int(s) for s in seeds], ma_channels=list(chans),
+                steps=S, windows=windows, boundary=BOUNDARY, mid_block=mid, first_step=per_block,
+                mid=per_block[blocks.index(mid)], all_steps_ratio_median_mid={
+                    int(c): float(ma.ratio_median[blocks.index(mid), c]) for c in chans},
+                hierarchy=hier)
+
+
+def run_gates(pipe, variant: str, n_samples: int = 64, n_ma_prompts: int = 8, progress: bool = True) -> dict:
+    """All three, as one dict (``samples``, ``conditioning``, ``massive``) for ``gates.json``."""
+    out = dict(variant=variant, conditioning=conditioning(pipe, variant))
+    out["massive"] = massive(pipe, heldout_prompts(n_ma_prompts, HELDOUT_SEED0 + 20_000))
+    out["samples"] = samples(pipe, variant, n_samples, progress=progress)
+    return out
