@@ -148,18 +148,20 @@ def make_figure(out):
         ls = np.convolve(l, np.ones(k) / k, mode="valid")
         ax[0].plot(s[k - 1:], ls, label=v)
         mh = r["ma_history"]
-        for t, style in (("0.9", "-"), ("0.5", "--"), ("0.1", ":")):
+        for t, style in (("0.9", "-"), ("0.1", ":")):
             steps = [m["step"] for m in mh if t in m]
-            mid = [max(b["ratio"] for b in m[t]) for m in mh if t in m]
-            ax[1].plot(steps, mid, style, label=f"{v} t={t}")
-            fi = [m[t][len(m[t]) // 2]["f_i"] for m in mh if t in m]
-            bi = [m[t][len(m[t]) // 2]["b_i"] for m in mh if t in m]
+            mid = [m[t][len(m[t]) // 2] for m in mh if t in m]
+            ax[1].plot(steps, [b["ratio"] for b in mid], style, label=f"{v} peak/median, t={t}")
+            ax[1].plot(steps, [b.get("peak_over_mean", np.nan) for b in mid], style, alpha=0.5, label=f"{v} peak/mean, t={t}")
             if t == "0.9":
-                ax[2].plot(steps, fi, "-", label=f"{v} first/interior (t=0.9, mid block)")
-                ax[2].plot(steps, bi, "--", label=f"{v} boundary/interior (t=0.9, mid block)")
+                ax[2].plot(steps, [b["f_i"] for b in mid], "-", label=f"{v} first/interior")
+                ax[2].plot(steps, [b["b_i"] for b in mid], "--", label=f"{v} boundary/interior")
+    for y, name in ((100, "aim peak/median"), (59, "aim peak/mean (paper)")):
+        ax[1].axhline(y, color="grey", lw=0.8, ls="--")
+        ax[1].annotate(name, (0, y), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
     ax[0].set(title="flow-matching loss (smoothed)", xlabel="step", yscale="log")
-    ax[1].set(title="top MA channel peak / median |h| (max over blocks)", xlabel="step")
-    ax[2].set(title="position hierarchy on the MA channel", xlabel="step")
+    ax[1].set(title="top MA channel at the mid block (stas.massive ratios)", xlabel="step", ylabel="ratio")
+    ax[2].set(title="position hierarchy on that channel (t = 0.9, mid block)", xlabel="step")
     for a in ax:
         a.legend(fontsize=7)
         a.grid(alpha=0.3)
