@@ -59,7 +59,8 @@ def load_pipeline(variant: str = "causal", device=None, dtype=None, root=None, t
     device, dtype = default_device_dtype(device, dtype)
     d = variant_dir(variant, root)
     if not (d / "transformer").is_dir():
-        raise FileNotFoundError(f"no house weights at {d} (train them: python -m stas.house.train)")
+        raise FileNotFoundError(f"no house transformer at {d / 'transformer'} (train one: python -m stas.house.train "
+                                f"dit --variant {variant})")
     transformer = WanTransformer3DModel.from_pretrained(str(d / "transformer"), dtype=dtype)
     vae = AutoencoderKLWan.from_pretrained(str(d / "vae"), dtype=torch.float32)  # VAE in fp32 (as Wan)
     tok, enc = load_text_encoder(text_dir, device=device, dtype=dtype)

@@ -124,9 +124,14 @@ def massive(pipe, prompts, seeds=(0,), early_frac: float = 0.4) -> dict:
                 hierarchy=hier)
 
 
-def run_gates(pipe, variant: str, n_samples: int = 64, n_ma_prompts: int = 8, progress: bool = True) -> dict:
-    """All three, as one dict (``samples``, ``conditioning``, ``massive``) for ``gates.json``."""
-    out = dict(variant=variant, conditioning=conditioning(pipe, variant))
+def run_gates(pipe, variant: str, n_samples: int = 64, n_ma_prompts: int = 8, pairs: int = 16,
+              progress: bool = True, log=print) -> dict:
+    """All three, as one dict (``samples``, ``conditioning``, ``massive``) for ``gates.json``; ``log``
+    gets a line as each stage starts."""
+    log(f"conditioning: {pairs} caption pairs")
+    out = dict(variant=variant, conditioning=conditioning(pipe, variant, pairs))
+    log(f"massive activations: recording {n_ma_prompts} held-out prompts (native call)")
     out["massive"] = massive(pipe, heldout_prompts(n_ma_prompts, HELDOUT_SEED0 + 20_000))
+    log(f"samples: {n_samples} held-out prompts")
     out["samples"] = samples(pipe, variant, n_samples, progress=progress)
     return out

@@ -139,6 +139,8 @@ def make_figure(out):
     out = Path(out)
     reps = {v: json.loads((out / v / "train_report.json").read_text()) for v in VARIANTS
             if (out / v / "train_report.json").exists()}
+    if not reps:
+        raise FileNotFoundError(f"no <variant>/train_report.json under {out} (variants: {', '.join(VARIANTS)})")
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     for v, r in reps.items():
         h = r["loss_history"]
@@ -156,7 +158,7 @@ def make_figure(out):
             if t == "0.9":
                 ax[2].plot(steps, [b["f_i"] for b in mid], "-", label=f"{v} first/interior")
                 ax[2].plot(steps, [b["b_i"] for b in mid], "--", label=f"{v} boundary/interior")
-    for y, name in ((100, "aim peak/median"), (59, "aim peak/mean (paper)")):
+    for y, name in ((100, "aim: peak/median >= 100"), (59, "aim: peak/mean >= 59 (the paper's channel)")):
         ax[1].axhline(y, color="grey", lw=0.8, ls="--")
         ax[1].annotate(name, (0, y), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
     ax[0].set(title="flow-matching loss (smoothed)", xlabel="step", yscale="log")

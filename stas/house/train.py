@@ -470,13 +470,18 @@ def gates_cli(args):
     from .gates import run_gates
 
     pipe = load_pipeline(args.variant, device=_device(), dtype=torch.float32, root=args.out, text_dir=args.text_encoder_dir)
-    res = run_gates(pipe, args.variant, args.samples, args.ma_prompts)
+    res = run_gates(pipe, args.variant, args.samples, args.ma_prompts, pairs=args.pairs, log=log)
     path = Path(args.json or Path(args.out) / args.variant / "gates.json")
     path.write_text(json.dumps(res, indent=1))
     s, c, m = res["samples"]["summary"], res["conditioning"], res["massive"]["mid"]
-    log(f"gate 2: ok {s['ok']:.1%} motion {s['motion_ok']:.1%} (n {s['n']}) conditioning median {c['median']:.3f} "
-        f"| mid block {m['block']}: peak/median {m['peak_over_median']:.0f}x peak/mean {m['peak_over_mean']:.0f}x "
-        f"| MA channels {res['massive']['ma_channels']} -> {path}")
+    verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
+    log(f"gate 2, samples (n {s['n']}): objects {s['ok']:.1%} (>= 80 %), motion {s['motion_ok']:.1%} (>= 70 %): "
+        f"{verdict(s['pass'])}")
+    log(f"gate 2, conditioning ({c['pairs']} pairs, t = {c['t']}): median {c['median']:.1%} (>= 10 %): "
+        f"{verdict(c['pass'])}")
+    log(f"gate 3, mid block {m['block']} at the first step: peak/median {m['peak_over_median']:.0f}x (aim 100x), "
+        f"peak/mean {m['peak_over_mean']:.0f}x (aim 59x); MA channels {res['massive']['ma_channels']}")
+    log(f"wrote {path}")
 
 
 def main(argv=None):
@@ -537,13 +542,16 @@ def main(argv=None):
     d.add_argument("--sample-steps", type=int, default=None)
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--out", default="data/house")
-    g = sub.add_parser("gates", help="issue 8's DiT gates 2-4 on exported weights (stas.house.gates)")
+    g = sub.add_parser("gates", help="issue 8's DiT gates 2-4 on exported weights (stas.house.gates)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g.add_argument("--variant", choices=VARIANTS, default="causal")
-    g.add_argument("--out", default="data/house")
-    g.add_argument("--text-encoder-dir", default=None)
+    g.add_argument("--out", default="data/house", help="folder holding <variant>/{transformer,vae} (read)")
+    g.add_argument("--text-encoder-dir", default=None, help="MiniLM files (default: the installed package)")
     g.add_argument("--samples", type=int, default=64, help="held-out prompts, one clip each")
-    g.add_argument("--ma-prompts", type=int, default=8)
-    g.add_argument("--json", default=None, help="default: <out>/<variant>/gates.json")
+    g.add_argument("--pairs", type=int, default=16, help="caption pairs of the conditioning gate")
+    g.add_argument("--ma-prompts", type=int, default=8, help="held-out prompts recorded for gates 3-4")
+    g.add_argument("--json", default=None, help="where to write the results (default: <out>/<variant>/gates.json, "
+                   "replacing the one there)")
     r = sub.add_parser("report")
     r.add_argument("--out", default="data/house")
     a = ap.parse_args(argv)
