@@ -257,3 +257,26 @@ def test_heldout_prompts_come_from_untrained_seeds():
     p = heldout_prompts(8)
     assert p == list(world.sample_params(range(HELDOUT_SEED0, HELDOUT_SEED0 + 8)).caption)
     assert all(world.parse_prompt(x) for x in p)
+
+
+def test_gates_conditioning_trajectory_first_step_by_hand():
+    """The pre-hook's first conditional input is the pipeline's initial noise (same generator): the
+    value at the first timestep recomputed from `prepare_latents` directly."""
+    from stas.house import DEFAULTS, load_pipeline
+    from stas.house.gates import HELDOUT_SEED0, conditioning_trajectory, heldout_prompts
+
+    _shipped("uniform")
+    pipe = load_pipeline("uniform", device="cpu")
+    res = conditioning_trajectory(pipe, "uniform", pairs=1, seed=3)
+    call = DEFAULTS["uniform"]
+    pipe.scheduler.set_timesteps(call["num_inference_steps"])
+    ts = pipe.scheduler.timesteps
+    assert list(res) == [round(float(t) / 1000, 3) for t in ts]
+    a, b = heldout_prompts(2, HELDOUT_SEED0 + 30_000)
+    x = pipe.prepare_latents(1, 16, 128, 128, call["num_frames"], torch.float32, "cpu", torch.Generator("cpu").manual_seed(3))
+    with torch.no_grad():
+        e = [pipe.encode_prompt(p, do_classifier_free_guidance=False, max_sequence_length=32)[0] for p in (a, b, "")]
+        v = [pipe.transformer(x, ts[:1], y, return_dict=False)[0] for y in e]
+    first = res[round(float(ts[0]) / 1000, 3)]
+    assert first["prompts"] == pytest.approx(float((v[0] - v[1]).norm() / v[0].norm()), rel=1e-4)
+    assert first["cond_vs_uncond"] == pytest.approx(float((v[0] - v[2]).norm() / v[0].norm()), rel=1e-4)

@@ -9,6 +9,8 @@
 * Gate 2, conditioning (`conditioning`): with the same noise, the transformer's velocity for a clip's
   caption and for another clip's caption, relative L2 ``||v_a - v_b|| / ||v_a||`` at t = 0.75 on
   held-out clips' latents. Pass: median over pairs >= 0.10.
+  Also reported (not a gate): the same ratio along the pipeline's own denoising, at every step's
+  timestep, for two captions and for caption vs the empty prompt (`conditioning_trajectory`).
 * Gates 3-4, massive activations (`massive`): the pipeline's own denoising runs recorded by
   `stas.study.record_blocks`; MA channels by `stas.find_massive`; per block at the first step both
   ratios (peak/median as Sun et al., peak/mean as the paper; `stas.massive`); the position classes of
@@ -84,6 +86,40 @@ def conditioning(pipe, variant: str, pairs: int = 16, t: float = 0.75, seed: int
 
 
 @torch.no_grad()
+def conditioning_trajectory(pipe, variant: str, pairs: int = 6, seed: int = 0) -> dict:
+    """The same comparison along the pipeline's own denoising: for each pair, run the native call for
+    caption a (seed ``seed + i``), keep the latents and timestep of every conditional transformer call
+    (a forward pre-hook, removed on exit), then predict the velocity there for caption a, caption b and
+    the empty prompt. Returns per timestep the median over pairs of ``||v_a - v_b|| / ||v_a||``
+    (``prompts``) and ``||v_a - v_uncond|| / ||v_a||`` (``cond_vs_uncond``)."""
+    call = dict(DEFAULTS[variant])
+    caps = heldout_prompts(2 * pairs, HELDOUT_SEED0 + 30_000)
+    tr, dev = pipe.transformer, pipe._execution_device
+    kw = dict(do_classifier_free_guidance=False, max_sequence_length=call["max_sequence_length"], device=dev,
+              dtype=tr.dtype)
+    rows = {}
+    for i in range(pairs):
+        a, b = caps[2 * i], caps[2 * i + 1]
+        seen = []
+        h = tr.register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append((kwargs["hidden_states"].clone(), kwargs["timestep"].clone())),
+            with_kwargs=True)
+        try:
+            pipe(prompt=a, generator=torch.Generator("cpu").manual_seed(seed + i), output_type="latent", **call)
+        finally:
+            h.remove()
+        cond = seen[::2] if call["guidance_scale"] > 1 else seen  # WanPipeline: cond call, then uncond
+        emb = [pipe.encode_prompt(p, **kw)[0] for p in (a, b, "")]
+        for x, t in cond:
+            va, vb, vu = (tr(x, t, e, return_dict=False)[0].float() for e in emb)
+            rows.setdefault(round(float(t[0]) / 1000, 3), []).append(
+                ((va - vb).norm() / va.norm(), (va - vu).norm() / va.norm()))
+    return {t: dict(prompts=float(np.median([float(r[0]) for r in v])),
+                    cond_vs_uncond=float(np.median([float(r[1]) for r in v])), pairs=len(v))
+            for t, v in sorted(rows.items(), reverse=True)}
+
+
+@torch.no_grad()
 def massive(pipe, prompts, seeds=(0,), early_frac: float = 0.4) -> dict:
     """Gates 3-4 on the pipeline's native call: MA channels, both ratios per block at the first step,
     and the position hierarchy of every MA channel per block, early (first ``early_frac`` of the steps)
@@ -130,6 +166,8 @@ def run_gates(pipe, variant: str, n_samples: int = 64, n_ma_prompts: int = 8, pa
     gets a line as each stage starts."""
     log(f"conditioning: {pairs} caption pairs")
     out = dict(variant=variant, conditioning=conditioning(pipe, variant, pairs))
+    log(f"conditioning along the pipeline's own denoising: {max(2, pairs // 3)} caption pairs")
+    out["conditioning"]["trajectory"] = conditioning_trajectory(pipe, variant, max(2, pairs // 3))
     log(f"massive activations: recording {n_ma_prompts} held-out prompts (native call)")
     out["massive"] = massive(pipe, heldout_prompts(n_ma_prompts, HELDOUT_SEED0 + 20_000))
     log(f"samples: {n_samples} held-out prompts")

@@ -479,6 +479,8 @@ def gates_cli(args):
         f"{verdict(s['pass'])}")
     log(f"gate 2, conditioning ({c['pairs']} pairs, t = {c['t']}): median {c['median']:.1%} (>= 10 %): "
         f"{verdict(c['pass'])}")
+    traj = ", ".join(f"t={t}: {v['prompts']:.1%}" for t, v in c["trajectory"].items())
+    log(f"conditioning along the pipeline's denoising (not a gate), two captions: {traj}")
     log(f"gate 3, mid block {m['block']} at the first step: peak/median {m['peak_over_median']:.0f}x (aim 100x), "
         f"peak/mean {m['peak_over_mean']:.0f}x (aim 59x); MA channels {res['massive']['ma_channels']}")
     log(f"wrote {path}")
