@@ -280,3 +280,11 @@ def test_gates_conditioning_trajectory_first_step_by_hand():
     first = res[round(float(ts[0]) / 1000, 3)]
     assert first["prompts"] == pytest.approx(float((v[0] - v[1]).norm() / v[0].norm()), rel=1e-4)
     assert first["cond_vs_uncond"] == pytest.approx(float((v[0] - v[2]).norm() / v[0].norm()), rel=1e-4)
+
+
+def test_gates_motion_by_direction_counts_knowable_motions():
+    from stas.house.gates import motion_by_direction
+
+    clips = [dict(objects=[dict(motion="up", motion_ok=True), dict(motion="still", motion_ok=False)]),
+             dict(objects=[dict(motion="up", motion_ok=False), dict(motion="bounce", motion_ok=None)])]
+    assert motion_by_direction(clips) == {"still": 0.0, "up": 0.5}

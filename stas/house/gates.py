@@ -42,13 +42,37 @@ def caption_overlap(prompts, pool_seed0: int = 15_000_000, pool: int = 32768) ->
     return float(np.mean([p in seen for p in prompts]))
 
 
+def motion_by_direction(clips) -> dict:
+    """``{motion: fraction right}`` over the named objects of scored clips (``score_clip`` results or
+    `report.score_samples` rows) whose motion is knowable."""
+    acc = {}
+    for c in clips:
+        for o in c["objects"]:
+            if o["motion_ok"] is not None:
+                acc.setdefault(o["motion"], []).append(bool(o["motion_ok"]))
+    return {m: float(np.mean(v)) for m, v in sorted(acc.items())}
+
+
 @torch.no_grad()
 def samples(pipe, variant: str, n: int = 64, seed: int = 0, progress: bool = True) -> dict:
-    """Gate 2 (samples) on ``n`` held-out prompts; ``summary`` gains ``pass`` and ``train_caption_overlap``."""
+    """Gate 2 (samples) on ``n`` held-out prompts. ``summary`` gains ``pass``, ``train_caption_overlap``,
+    ``motion_by_direction`` and ``real``: the same detector on the real clips the prompts were drawn
+    from (the frames the variant's pipeline returns), the score a perfect generator would get."""
+    from .detect import score_clip
+    from .models import pixel_frames
+
     prompts = heldout_prompts(n)
     res = score_samples(pipe, prompts, dict(DEFAULTS[variant]), seed=seed, progress=progress)
     s = res["summary"]
     s["train_caption_overlap"] = caption_overlap(prompts)
+    s["motion_by_direction"] = motion_by_direction(res["clips"])
+    real = []
+    for i in range(n):
+        video, cap, _ = world.sample_clip(HELDOUT_SEED0 + i)
+        real.append(score_clip(video[pixel_frames(variant, video.shape[0])], cap))
+    moving = [o["motion_ok"] for r in real for o in r["objects"] if o["motion_ok"] is not None]
+    s["real"] = dict(ok=float(np.mean([r["ok"] for r in real])), motion_ok=float(np.mean(moving or [0])),
+                     motion_by_direction=motion_by_direction(real))
     s["pass"] = bool(s["ok"] >= 0.8 and s["motion_ok"] >= 0.7)
     return res
 

@@ -476,7 +476,10 @@ def gates_cli(args):
     s, c, m = res["samples"]["summary"], res["conditioning"], res["massive"]["mid"]
     verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
     log(f"gate 2, samples (n {s['n']}): objects {s['ok']:.1%} (>= 80 %), motion {s['motion_ok']:.1%} (>= 70 %): "
-        f"{verdict(s['pass'])}")
+        f"{verdict(s['pass'])}; the real clips of these prompts score {s['real']['ok']:.1%} / {s['real']['motion_ok']:.1%}")
+    log("motion right by direction, generated (real): " + ", ".join(
+        f"{d} {v:.0%} ({s['real']['motion_by_direction'].get(d, float('nan')):.0%})"
+        for d, v in s["motion_by_direction"].items()))
     log(f"gate 2, conditioning ({c['pairs']} pairs, t = {c['t']}): median {c['median']:.1%} (>= 10 %): "
         f"{verdict(c['pass'])}")
     traj = ", ".join(f"t={t}: {v['prompts']:.1%}" for t, v in c["trajectory"].items())
