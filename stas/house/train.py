@@ -1,11 +1,13 @@
-"""Train the house model: ``python -m stas.house.train {vae,dit,report} ...``.
+"""Train the house model: ``python -m stas.house.train {vae,decoder,dit,gates,report} ...``.
 
-    # 1. the VAE (a few minutes on one GPU; both variants can run at once)
+    # 1. the VAE: v1's short recipe here; the v2 VAEs come from `python -m stas.house.train_vae`
     python -m stas.house.train vae --variant causal --minutes 2 --out data/house
     # 2. the DiT, in resumable chunks of <= 10 minutes (re-run the same command to continue)
     python -m stas.house.train dit --variant causal --minutes 9 --out data/house --ckpt runs/causal
     # 3. the curves figure from the logged statistics (CPU, needs matplotlib)
     python -m stas.house.train report --out data/house
+    # 4. issue 8's DiT gates 2-4 on the exported weights (CPU ~5 min; stas.house.gates)
+    python -m stas.house.train gates --variant causal --out data/house
 
 DiT recipe (as Wan): flow matching x_t = (1-t) x0 + t eps, predict eps - x0, timestep = 1000 t,
 t ~ logit-normal(0, 1); joint image + video training (every 4th step is an image step: latent frame 0
