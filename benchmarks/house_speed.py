@@ -1,6 +1,6 @@
 """Seconds per default house clip on this CPU (target <= 10 s on 2 cores).
 
-    PYTHONPATH=. python benchmarks/house_speed.py [--variant causal] [--repeats 3]
+    PYTHONPATH=. python benchmarks/house_speed.py [--variant causal] [--repeats 3] [--root data/house/v2]
 
 Prints the text-encode + denoise + VAE-decode split of one pipe(prompt=...) call with the model's
 defaults (stas.house.DEFAULTS), the median over repeats after one warm-up, and the torch threads used.
@@ -16,6 +16,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", default="causal")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--root", default=None, help="folder with <variant>/{transformer,vae} (default: the shipped weights)")
     ap.add_argument("--prompt", default="a red square moves left past a blue circle")
     ap.add_argument("--components", type=int, default=0,
                     help="also time N transformer forwards and N VAE decodes alone and print the fastest of each: "
@@ -24,7 +25,7 @@ def main():
     from stas.house import DEFAULTS, load_pipeline
 
     t = time.time()
-    pipe = load_pipeline(a.variant, device="cpu")
+    pipe = load_pipeline(a.variant, device="cpu", root=a.root)
     print(f"load_pipeline: {time.time() - t:.2f} s")
     kw = dict(DEFAULTS[a.variant])
     parts = {}
