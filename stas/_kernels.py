@@ -12,11 +12,10 @@ with two launches: (1) a 1-D grid whose first few programs gather the sample and
 channels' token values (they start first and overlap the rest) and whose other programs each reduce
 a tile of ``rows_per_program`` rows x ``block_d`` channels (loads coalesced along channels, fp32
 partial max and sum per tile); (2) a tiny pass that combines the partials per channel and writes the
-row. With ``fuse_final`` in the tile config, (2) happens inside (1) instead: per column block an int32
-counter (atomic add, acquire-release) tells the last of its tiles to finish, which combines that
-block's partials (the split-K semaphore pattern); one launch. Either way no host sync, and the
-partials are combined in a fixed order (the sums are bit-reproducible). Without Triton the torch
-path runs.
+row. No host sync, no atomics (the sums are bit-reproducible). Combining the partials inside (1)
+instead (the last tile of each column block, an acquire-release counter) was measured on an H200 and
+saved nothing (36.1 vs 36.0 µs per block, benchmarks/results/overhead.json), so there is no such
+option. Without Triton the torch path runs.
 
 `stas.record` uses it on CUDA when ``CUDA_BACKEND == "triton"`` and Triton is importable; the
 torch implementation (`stas.record.reduce_block_output`) is the reference and the CPU path.
@@ -36,10 +35,9 @@ import torch
 # benchmarks/results/overhead.json; changing it is this one line.
 CUDA_BACKEND = "triton"
 # Tile of the main pass (see module docstring): block_n rows x block_d channels per load, rows per
-# program, warps, elementwise accumulators (acc2d), software-pipelined loads (stages > 1: cp.async) and
-# the partials combined by the last tile of each column block (fuse_final) instead of a second launch.
+# program, warps, elementwise accumulators (acc2d) and software-pipelined loads (stages > 1: cp.async).
 # benchmarks/overhead.py sweeps alternatives at the real shape and prints the fastest as this line.
-CONFIG = dict(block_n=32, block_d=128, rows_per_program=1024, num_warps=4, acc2d=True, stages=3, fuse_final=False)
+CONFIG = dict(block_n=32, block_d=128, rows_per_program=1024, num_warps=4, acc2d=True, stages=3)
 BACKEND = None  # set by benchmarks and tests to force one backend everywhere ("torch", "triton", ...)
 
 try:
@@ -75,11 +73,11 @@ def sample_positions(numel: int, key: torch.Tensor) -> torch.Tensor:
 
 if triton is not None:
     @triton.jit
-    def _main_pass(x_ptr, pmax_ptr, psum_ptr, out_ptr, tok_ptr, at_ptr, key_ptr, chan_ptr, sem_ptr,
-                   N, D, rs, n_col, n_samp, n_gather, M, S, K, OUT_W, L, LG, T0, P, inv_n,
+    def _main_pass(x_ptr, pmax_ptr, psum_ptr, out_ptr, tok_ptr, at_ptr, key_ptr, chan_ptr,
+                   N, D, rs, n_col, n_samp, n_gather, M, S, K, OUT_W, L, LG, T0,
                    NB: tl.constexpr, C: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_S: tl.constexpr, BLOCK_T: tl.constexpr, ACC2D: tl.constexpr,
-                   STAGES: tl.constexpr, FUSE_FINAL: tl.constexpr, BLOCK_P: tl.constexpr):
+                   STAGES: tl.constexpr):
         # programs [0, n_samp): median sample; [n_samp, n_gather): chosen channels; then column tiles.
         # The few gathers come first so that they overlap the bandwidth-bound tiles.
         pid = tl.program_id(0)
@@ -136,29 +134,6 @@ if triton is not None:
                     acc_sum += tl.sum(v, axis=0)
             tl.store(pmax_ptr + pid_n * D + cols, acc_max, mask=cmask)
             tl.store(psum_ptr + pid_n * D + cols, acc_sum, mask=cmask)
-            if FUSE_FINAL:  # the last of this column block's P tiles to finish combines the partials
-                tl.debug_barrier()  # every thread's partials are stored before the release below
-                if tl.atomic_add(sem_ptr + pid_d, 1, sem="acq_rel") == P - 1:
-                    _combine(pmax_ptr, psum_ptr, out_ptr, at_ptr, cols, cmask, P, D, OUT_W, inv_n, BLOCK_P)
-                    tl.atomic_xchg(sem_ptr + pid_d, 0)  # reset for the next launch (no memset kernel)
-
-    @triton.jit
-    def _combine(pmax_ptr, psum_ptr, out_ptr, at_ptr, cols, cmask, P, D, OUT_W, inv_n, BLOCK_P: tl.constexpr):
-        # max and sum of the P partial rows of columns `cols`, in chunks of <= 32 rows (fixed order: the
-        # sums are bit-reproducible); .cg loads read L2, where the other programs' partials are
-        PC: tl.constexpr = 32 if BLOCK_P > 32 else BLOCK_P
-        mx = tl.zeros(cols.shape, dtype=tl.float32)
-        sm = tl.zeros(cols.shape, dtype=tl.float32)
-        for c in tl.static_range(0, BLOCK_P, PC):
-            p = c + tl.arange(0, PC)
-            m = (p[:, None] < P) & cmask[None, :]
-            off = p[:, None] * D + cols[None, :]
-            mx = tl.maximum(mx, tl.max(tl.load(pmax_ptr + off, mask=m, other=0.0, cache_modifier=".cg"), axis=0))
-            sm += tl.sum(tl.load(psum_ptr + off, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
-        mx = tl.where(sm != sm, sm, mx)  # a NaN in the column: max NaN too, as torch.amax gives
-        base = out_ptr + tl.load(at_ptr) * OUT_W
-        tl.store(base + cols, mx, mask=cmask)
-        tl.store(base + D + cols, sm * inv_n, mask=cmask)
 
     @triton.jit
     def _final_pass(pmax_ptr, psum_ptr, out_ptr, at_ptr, P, D, OUT_W, inv_n,
@@ -190,7 +165,7 @@ def block_stats(x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, tokens, ch
     median sample (`sample_positions`). Layout of the row: module docstring. ``config``: tile
     (default ``CONFIG``). ``tok_lo``, ``num_tokens``: x is tokens ``[tok_lo, tok_lo + L)`` of a
     ``num_tokens``-token sequence (context parallelism; -1: the whole sequence), as in
-    `stas.record.reduce_block_output`. Two kernel launches (one with ``fuse_final``), no host sync."""
+    `stas.record.reduce_block_output`. Two kernel launches, no host sync."""
     cfg = CONFIG if config is None else config
     b, L, D = x.shape
     lg = L if num_tokens < 0 else num_tokens
@@ -210,32 +185,11 @@ def block_stats(x: torch.Tensor, at: torch.Tensor, out: torch.Tensor, tokens, ch
     assert out.stride(1) == 1 and tok.is_contiguous(), "record buffers are contiguous"
     block_p = triton.next_power_of_2(p)
     block_f = max(1, min(64, 4096 // block_p))
-    sem = _semaphores(x.device, n_col) if cfg.get("fuse_final") and block_p <= 256 else None
     with torch.cuda.device(x.device) if x.is_cuda else _nullcontext():  # launch on x's GPU
         _main_pass[(n_samp + n_tok + n_col * p,)](
-            flat, pmax, psum, out, tok, at, key, chan_idx, chan_idx if sem is None else sem,
+            flat, pmax, psum, out, tok, at, key, chan_idx,
             n, D, flat.stride(0), n_col, n_samp, n_samp + n_tok, b * lg * D, S, K, out.stride(0), L, lg, tok_lo,
-            p, 1.0 / (b * lg),
             NB=b, C=C, ROWS=rows, BLOCK_N=cfg["block_n"], BLOCK_D=cfg["block_d"], BLOCK_S=block_s, BLOCK_T=block_t,
-            ACC2D=cfg.get("acc2d", False), STAGES=cfg.get("stages", 1), FUSE_FINAL=sem is not None,
-            BLOCK_P=block_p if sem is not None else 1, num_warps=cfg["num_warps"])
-        if sem is None:
-            _final_pass[(triton.cdiv(D, block_f),)](pmax, psum, out, at, p, D, out.stride(0), 1.0 / (b * lg),
-                                                     BLOCK_P=block_p, BLOCK_F=block_f, num_warps=4)
-
-
-_SEMAPHORES: dict = {}
-
-
-def _semaphores(device: torch.device, n: int):
-    """(>= n,) int32 zeros on ``device``, one counter per column block for the fused combine; each
-    launch leaves them at zero again. Allocated once per device (4096 counters) outside CUDA-graph
-    capture; None while a capture is running and none exists yet (the call then uses the final pass).
-    One stream per device at a time: two concurrent launches would share the counters."""
-    key = (device.type, device.index)
-    if key not in _SEMAPHORES:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        _SEMAPHORES[key] = torch.zeros(max(4096, n), dtype=torch.int32, device=device)
-    sem = _SEMAPHORES[key]
-    return sem if sem.numel() >= n else None
+            ACC2D=cfg.get("acc2d", False), STAGES=cfg.get("stages", 1), num_warps=cfg["num_warps"])
+        _final_pass[(triton.cdiv(D, block_f),)](pmax, psum, out, at, p, D, out.stride(0), 1.0 / (b * lg),
+                                                 BLOCK_P=block_p, BLOCK_F=block_f, num_warps=4)
