@@ -288,3 +288,6 @@ def test_gates_motion_by_direction_counts_knowable_motions():
     clips = [dict(objects=[dict(motion="up", motion_ok=True), dict(motion="still", motion_ok=False)]),
              dict(objects=[dict(motion="up", motion_ok=False), dict(motion="bounce", motion_ok=None)])]
     assert motion_by_direction(clips) == {"still": 0.0, "up": 0.5}
+    from stas.house.report import motion_rate
+
+    assert motion_rate(clips) == pytest.approx(1 / 3) and motion_rate([dict(objects=[])]) == 0.0

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import DEFAULTS, world
-from .report import BOUNDARY, score_samples
+from .report import BOUNDARY, motion_rate, score_samples
 
 HELDOUT_SEED0 = 1_000_000_000 + 500_000  # beyond the trainers' held-out statistics seeds (1e9 + 7, + 99)
 
@@ -70,8 +70,7 @@ def samples(pipe, variant: str, n: int = 64, seed: int = 0, progress: bool = Tru
     for i in range(n):
         video, cap, _ = world.sample_clip(HELDOUT_SEED0 + i)
         real.append(score_clip(video[pixel_frames(variant, video.shape[0])], cap))
-    moving = [o["motion_ok"] for r in real for o in r["objects"] if o["motion_ok"] is not None]
-    s["real"] = dict(ok=float(np.mean([r["ok"] for r in real])), motion_ok=float(np.mean(moving or [0])),
+    s["real"] = dict(ok=float(np.mean([r["ok"] for r in real])), motion_ok=motion_rate(real),
                      motion_by_direction=motion_by_direction(real))
     s["pass"] = bool(s["ok"] >= 0.8 and s["motion_ok"] >= 0.7)
     return res

@@ -103,6 +103,12 @@ def sample_eval(out, variant, dev, text_dir=None, prompts=None, seed=0, **kw):
     return score_samples(pipe, prompts or world.EVAL_PROMPTS, dict(DEFAULTS[variant], **kw), seed)
 
 
+def motion_rate(clips) -> float:
+    """Fraction of the named objects with a knowable motion (``motion_ok`` not None) whose motion is right,
+    over scored clips (`detect.score_clip` results or `score_samples` rows); 0 when there is none."""
+    return float(np.mean([o["motion_ok"] for c in clips for o in c["objects"] if o["motion_ok"] is not None] or [0]))
+
+
 @torch.no_grad()
 def score_samples(pipe, prompts, call: dict, seed=0, progress=False):
     """One clip per prompt (seed ``seed + i``, CPU generator) scored by `detect.score_clip`.
@@ -124,7 +130,7 @@ def score_samples(pipe, prompts, call: dict, seed=0, progress=False):
     summ = dict(n=len(res), ok=float(np.mean([r["ok"] for r in res])),
                 colour_ok=float(np.mean([r["colour_ok"] for r in res])),
                 persist_ok=float(np.mean([r["persist_ok"] for r in res])),
-                motion_ok=float(np.mean([o["motion_ok"] for r in res for o in r["objects"] if o["motion_ok"] is not None] or [0])),
+                motion_ok=motion_rate(res),
                 call=call)
     return dict(summary=summ, clips=res)
 
