@@ -291,3 +291,11 @@ def test_gates_motion_by_direction_counts_knowable_motions():
     from stas.house.report import motion_rate
 
     assert motion_rate(clips) == pytest.approx(1 / 3) and motion_rate([dict(objects=[])]) == 0.0
+
+
+def test_samples_figure_needs_weights(tmp_path):
+    from stas.house.report import samples_figure
+
+    (tmp_path / "causal").mkdir()  # a variant folder without a transformer does not count
+    with pytest.raises(FileNotFoundError, match="no <variant>/transformer"):
+        samples_figure(tmp_path)

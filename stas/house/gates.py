@@ -1,6 +1,6 @@
 """Issue 8's DiT gates 2-4, measured on a loaded house pipeline (any folder: shipped or staged).
 
-    python -m stas.house.train gates --variant uniform --out data/house/v2 --json data/house/v2/uniform/gates.json
+    python -m stas.house.train gates --variant uniform    # writes data/house/uniform/gates.json
 
 * Gate 2, samples (`samples`): one clip per held-out prompt (`heldout_prompts`: captions of world clips
   from seeds no training run draws), the native call, scored by `detect.score_clip` (`report.score_samples`).

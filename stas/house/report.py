@@ -8,6 +8,7 @@ in ``train_report.json`` mean what the notebooks' numbers mean.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,56 @@ def score_samples(pipe, prompts, call: dict, seed=0, progress=False):
 
 
 # ---------------------------------------------------------------------------------------- report
+SAMPLE_PROMPTS = ("a red square moves left", "a blue circle moves right past a yellow triangle")
+SAMPLE_TIMES = (0, 4, 8, 12, 16, 20, 24, 28)  # pixel frames: the uniform variant returns 0, 4, ..., 28
+
+
+@torch.no_grad()
+def samples_figure(out, prompts=SAMPLE_PROMPTS, seed: int = 0, text_dir=None, device="cpu"):
+    """``<out>/samples.png``: per prompt, one clip of each variant under ``out`` (seed ``seed + i``,
+    CPU generator, `DEFAULTS` call, float32) and a real world clip with the same caption
+    (`metrics.real_clips`), at pixel frames `SAMPLE_TIMES` (the uniform variant's frames are every
+    4th pixel frame, so both rows share one time axis). Returns the path; ``FileNotFoundError`` when
+    no variant has weights under ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import DEFAULTS, load_pipeline
+    from .metrics import real_clips
+    from .models import pixel_frames
+
+    out = Path(out)
+    variants = [v for v in VARIANTS if (out / v / "transformer").is_dir()]
+    if not variants:
+        raise FileNotFoundError(f"no <variant>/transformer under {out} (variants: {', '.join(VARIANTS)})")
+    rows = []  # (label, clip with frames indexed by pixel time)
+    pipes = {v: load_pipeline(v, device=device, dtype=torch.float32, root=out, text_dir=text_dir) for v in variants}
+    for i, p in enumerate(prompts):
+        for v, pipe in pipes.items():
+            g = torch.Generator(device="cpu").manual_seed(seed + i)
+            clip = pipe(prompt=p, generator=g, output_type="pt", **DEFAULTS[v]).frames[0].float().cpu()
+            at = {f: k for k, f in enumerate(pixel_frames(v, DEFAULTS[v]["num_frames"]))}
+            rows.append((f"{v}, seed {seed + i}\n" + textwrap.fill(f'"{p}"', 26), clip, at))
+        _, s, clip = real_clips([p], per_prompt=1)[0]
+        rows.append((f"real world clip {s}", clip, {f: f for f in range(clip.shape[0])}))
+    fig, axes = plt.subplots(len(rows), len(SAMPLE_TIMES), figsize=(1.3 * len(SAMPLE_TIMES), 1.45 * len(rows)),
+                             squeeze=False)
+    for r, (label, clip, at) in enumerate(rows):
+        for c, f in enumerate(SAMPLE_TIMES):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.imshow(clip[at[f]].permute(1, 2, 0).clamp(0, 1).numpy())
+            if r == 0:
+                ax.set_title(f"frame {f}", fontsize=8)
+        axes[r, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=110)
+    plt.close(fig)
+    return out / "samples.png"
+
+
 def make_figure(out):
     import matplotlib
 

@@ -1,6 +1,6 @@
 """Train the house model: ``python -m stas.house.train {vae,decoder,dit,gates,report} ...``.
 
-    # 1. the VAE: v1's short recipe here; the v2 VAEs come from `python -m stas.house.train_vae`
+    # 1. the VAE: the first weights' short recipe; the shipped VAEs come from `python -m stas.house.train_vae`
     python -m stas.house.train vae --variant causal --minutes 2 --out data/house
     # 2. the DiT, in resumable chunks of <= 10 minutes (re-run the same command to continue)
     python -m stas.house.train dit --variant causal --minutes 9 --out data/house --ckpt runs/causal
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from . import world
 from .models import NUM_FRAMES, SIZE, VARIANTS, make_dit, make_vae, pixel_frames
-from .report import NOISE_LEVELS, POSITION_CLASSES_NOTE, compact_ma, ma_stats, make_figure, sample_eval, summarize_ma  # noqa: F401
+from .report import NOISE_LEVELS, POSITION_CLASSES_NOTE, compact_ma, ma_stats, make_figure, sample_eval, samples_figure, summarize_ma  # noqa: F401
 from .text import MAX_SEQ_LEN, encode, load_text_encoder
 
 EVAL_SEED0 = 1_000_000_000  # held-out seeds for statistics
@@ -559,8 +559,11 @@ def main(argv=None):
     g.add_argument("--ma-prompts", type=int, default=8, help="held-out prompts recorded for gates 3-4")
     g.add_argument("--json", default=None, help="where to write the results (default: <out>/<variant>/gates.json, "
                    "replacing the one there)")
-    r = sub.add_parser("report")
+    r = sub.add_parser("report", help="train_curves.png from the reports under --out; --samples also samples.png",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--out", default="data/house")
+    r.add_argument("--samples", action="store_true", help="also generate samples.png (both variants, CPU, ~30 s)")
+    r.add_argument("--text-encoder-dir", default=None, help="MiniLM files (default: the installed package)")
     a = ap.parse_args(argv)
     if a.cmd == "vae":
         train_vae(a)
@@ -572,6 +575,8 @@ def main(argv=None):
         gates_cli(a)
     else:
         print(make_figure(a.out))
+        if a.samples:
+            print(samples_figure(a.out, text_dir=a.text_encoder_dir))
 
 
 if __name__ == "__main__":

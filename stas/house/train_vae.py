@@ -573,7 +573,7 @@ def main(argv=None):
     t.add_argument("--freeze-encoder", action="store_true", help="encoder + quant_conv fixed at their EMA "
                    "weights (the exported latent space stays valid for a DiT); only the decoder trains")
     t.add_argument("--init", default=None, help="when --ckpt holds no checkpoint: start from this export "
-                   "(folder with vae/ and vae_report.json, e.g. data/house/v2/causal) and continue its curve")
+                   "(folder with vae/ and vae_report.json, e.g. data/house/causal) and continue its curve")
     e = sub.add_parser("export", help="checkpoint -> save_pretrained VAE + report (CPU is fine)")
     e.add_argument("--variant", choices=VARIANTS, default="causal")
     e.add_argument("--ckpt", required=True)
