@@ -377,43 +377,6 @@ def _method_color(m, i=0):
     return METHOD_COLORS.get(m, plt.get_cmap("tab10")(i % 10))
 
 
-def compare_clips(videos: dict, frames=None, reference: str = "baseline", diff_gain: float = 4.0,
-                  temporal_factor: int = 4, title: str | None = None):
-    """Clips side by side (one row per entry of ``videos``, same seed) and, under each non-reference
-    clip, its absolute difference to ``reference`` (mean over RGB, x ``diff_gain``, clipped)."""
-    names = list(videos)
-    clips = {k: _np(v) for k, v in videos.items()}
-    F = next(iter(clips.values())).shape[0]
-    frames = list(range(0, F, max(1, F // 8))) if frames is None else list(frames)
-    rows = []
-    for k in names:
-        rows.append((k, "clip"))
-        if k != reference and reference in clips:
-            rows.append((k, "diff"))
-    with style():
-        fig, axes = plt.subplots(len(rows), len(frames), figsize=(1.15 * len(frames), 1.2 * len(rows)), squeeze=False)
-        for r, (k, kind) in enumerate(rows):
-            for c, f in enumerate(frames):
-                ax = axes[r, c]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                for sp in ax.spines.values():
-                    sp.set_visible(False)
-                if kind == "clip":
-                    ax.imshow(np.clip(clips[k][f].transpose(1, 2, 0), 0, 1))
-                else:
-                    d = np.abs(clips[k][f] - clips[reference][f]).mean(0)
-                    ax.imshow(np.clip(d * diff_gain, 0, 1), cmap="magma", vmin=0, vmax=1)
-                if r == 0:
-                    ax.set_title(f"px {f} | lat {latent_frame_of(f, temporal_factor)}", fontsize=7)
-                if c == 0:
-                    ax.set_ylabel(k if kind == "clip" else f"|{k} - {reference}|\nx{diff_gain:g}", fontsize=7)
-        if title:
-            fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-    return fig
-
-
 def ma_across_blocks(series: dict, blocks=None, steered=(), ylabel: str = "peak |h| on MA channel",
                      title: str | None = None, logy: bool = False):
     """One line per entry of ``series`` ({label: (NB,) values}) over blocks; steered blocks shaded."""
@@ -495,7 +458,7 @@ def ablation_grid(table: dict, metrics, title: str | None = None, better: dict |
     return fig
 
 
-__all__ += ["compare_clips", "ma_across_blocks", "method_forest", "ablation_grid",
+__all__ += ["ma_across_blocks", "method_forest", "ablation_grid",
             "METHOD_COLORS"]
 
 
@@ -553,12 +516,12 @@ def difference_map(videos: dict, method: str, reference: str = "baseline", frame
             ax.set_yticks([])
         for r, lab in enumerate((reference, method, f"|{method} − {reference}|")):
             axes[r, 0].set_ylabel(lab, fontsize=7)
-        fig.tight_layout()
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.95 if title else 1))   # the title above the frames' labels
         cb = fig.colorbar(im, ax=axes[2, :].tolist(), fraction=0.025, pad=0.01)
         cb.set_label("|Δ| (0–1 intensity)", fontsize=7)
         cb.ax.tick_params(labelsize=6)
-        if title:
-            fig.suptitle(title, fontsize=9)
     return fig
 
 
