@@ -145,7 +145,7 @@ SAMPLE_TIMES = (0, 4, 8, 12, 16, 20, 24, 28)  # pixel frames: the uniform varian
 def samples_figure(out, prompts=SAMPLE_PROMPTS, seed: int = 0, text_dir=None, device="cpu"):
     """``<out>/samples.png``: per prompt, one clip of each variant under ``out`` (seed ``seed + i``,
     CPU generator, `DEFAULTS` call, float32) and a real world clip with the same caption
-    (`metrics.real_clips`), at pixel frames `SAMPLE_TIMES` (the uniform variant's frames are every
+    (`metrics.real_clips`; left out when no world clip has the caption), at pixel frames `SAMPLE_TIMES` (the uniform variant's frames are every
     4th pixel frame, so both rows share one time axis). Returns the path; ``FileNotFoundError`` when
     no variant has weights under ``out``."""
     import matplotlib
@@ -169,8 +169,8 @@ def samples_figure(out, prompts=SAMPLE_PROMPTS, seed: int = 0, text_dir=None, de
             clip = pipe(prompt=p, generator=g, output_type="pt", **DEFAULTS[v]).frames[0].float().cpu()
             at = {f: k for k, f in enumerate(pixel_frames(v, DEFAULTS[v]["num_frames"]))}
             rows.append((f"{v}, seed {seed + i}\n" + textwrap.fill(f'"{p}"', 26), clip, at))
-        _, s, clip = real_clips([p], per_prompt=1)[0]
-        rows.append((f"real world clip {s}", clip, {f: f for f in range(clip.shape[0])}))
+        for _, s, clip in real_clips([p], per_prompt=1):  # none when no world clip has this caption
+            rows.append((f"real world clip {s}", clip, {f: f for f in range(clip.shape[0])}))
     fig, axes = plt.subplots(len(rows), len(SAMPLE_TIMES), figsize=(1.3 * len(SAMPLE_TIMES), 1.45 * len(rows)),
                              squeeze=False)
     for r, (label, clip, at) in enumerate(rows):
