@@ -1,6 +1,6 @@
 """Seconds per default house clip on this CPU (target <= 10 s on 2 cores).
 
-    PYTHONPATH=. python benchmarks/house_speed.py [--variant causal] [--repeats 3] [--root data/house/v2]
+    PYTHONPATH=. python benchmarks/house_speed.py [--variant causal] [--repeats 3] [--root FOLDER_WITH_VARIANTS]
 
 Prints the text-encode + denoise + VAE-decode split of one pipe(prompt=...) call with the model's
 defaults (stas.house.DEFAULTS), the median over repeats after one warm-up, and the torch threads used.
