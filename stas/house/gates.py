@@ -14,7 +14,7 @@
 * Gates 3-4, massive activations (`massive`): the pipeline's own denoising runs recorded by
   `stas.study.record_blocks`; MA channels by `stas.find_massive`; per block at the first step both
   ratios (peak/median as Sun et al., peak/mean as the paper; `stas.massive`); the position classes of
-  `stas.TokenLayout` (boundary = the trainer's: first and last token row of each latent frame) on every
+  `stas.TokenLayout` (boundary = the trainer's: first and last token row of each latent frame >= 1) on every
   MA channel, early and late steps, every block (`stas.hierarchy.class_table`). Aims (not pass/fail):
   peak/mean >= 59 and peak/median >= 100 at the mid block; the hierarchy is reported as measured.
 """

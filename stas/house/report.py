@@ -145,9 +145,9 @@ SAMPLE_TIMES = (0, 4, 8, 12, 16, 20, 24, 28)  # pixel frames: the uniform varian
 def samples_figure(out, prompts=SAMPLE_PROMPTS, seed: int = 0, text_dir=None, device="cpu"):
     """``<out>/samples.png``: per prompt, one clip of each variant under ``out`` (seed ``seed + i``,
     CPU generator, `DEFAULTS` call, float32) and a real world clip with the same caption
-    (`metrics.real_clips`; left out when no world clip has the caption), at pixel frames `SAMPLE_TIMES` (the uniform variant's frames are every
-    4th pixel frame, so both rows share one time axis). Returns the path; ``FileNotFoundError`` when
-    no variant has weights under ``out``."""
+    (`metrics.real_clips`; left out when no world clip has the caption), at pixel frames
+    `SAMPLE_TIMES` (the uniform variant returns every 4th pixel frame, so all rows share one time
+    axis). Returns the path; ``FileNotFoundError`` when no variant has weights under ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
