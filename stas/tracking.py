@@ -288,7 +288,7 @@ class TokenShard:
 
     def all_gather(self, t: torch.Tensor) -> torch.Tensor:
         """(W, *t.shape): every rank's ``t`` (same shape on all ranks), in rank order."""
-        g = funcol.wait_tensor(funcol.all_gather_single(t.contiguous(), 0, self.group))
+        g = funcol.wait_tensor(funcol.all_gather_tensor(t.contiguous(), 0, self.group))
         return g.view(self.world, *t.shape)
 
     def all_max(self, t: torch.Tensor) -> torch.Tensor:

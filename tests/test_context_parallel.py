@@ -206,3 +206,30 @@ def test_token_shard_is_diffusers_split(tokens, world):
         assert torch.equal(idx[s.lo:s.hi], idx.tensor_split(world)[r])
         if tokens % world == 0:
             assert torch.equal(idx[s.lo:s.hi], idx.chunk(world)[r])
+
+
+def test_all_gather_runs_on_torch_without_all_gather_single(tmp_path, monkeypatch):
+    """`TokenShard.all_gather` uses only functional collectives torch 2.11 has: it once called
+    ``funcol.all_gather_single``, which torch 2.13 has (its ``all_gather_tensor`` calls it) and torch
+    2.11 (the GPU machines') lacks, and every recorded block then raised AttributeError under context
+    parallelism on GPUs. Here a call to it from stas raises as on torch 2.11."""
+    import sys
+
+    import torch.distributed._functional_collectives as funcol
+
+    real = getattr(funcol, "all_gather_single", None)
+
+    def as_on_torch_2_11(*a, **k):
+        if real is None or sys._getframe(1).f_globals.get("__name__", "").startswith("stas"):
+            raise AttributeError("module 'torch.distributed._functional_collectives' has no attribute "
+                                 "'all_gather_single'")
+        return real(*a, **k)
+
+    monkeypatch.setattr(funcol, "all_gather_single", as_on_torch_2_11, raising=False)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        t = torch.arange(6.0).view(2, 3)
+        g = TokenShard(dist.group.WORLD, 0, 1, 2).all_gather(t)
+    finally:
+        dist.destroy_process_group()
+    assert g.shape == (1, 2, 3) and torch.equal(g[0], t)
