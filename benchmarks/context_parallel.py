@@ -254,6 +254,8 @@ def main():
     ap.add_argument("--modes", default=None, help="comma list of ulysses, ring (default: both; --small: ulysses)")
     ap.add_argument("--ring-backend", default="_native_cudnn",
                     help="attention backend for ring (it needs the log-sum-exp: _native_cudnn, _native_flash, flash)")
+    ap.add_argument("--reference-backend", default="native",
+                    help="attention backend of the 1-GPU reference (the ring backend isolates what the split changes)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1, help="timed calls per variant (median)")
     ap.add_argument("--out", default=None, help=f"results JSON (default on GPUs: {RESULTS.relative_to(ROOT)})")
@@ -294,6 +296,8 @@ def main():
     log(f"reduction check on a {res['reduction']['tokens']}-token split {res['reduction']['sizes']}: "
         f"{json.dumps(res['reduction'])}")
     pipe = r.pipeline()
+    pipe.transformer.set_attention_backend(args.reference_backend)
+    res["reference_backend"] = args.reference_backend
     one, cfg = r.three(pipe, None)
     res["steer"] = {"blocks": list(cfg.blocks), "channels": list(cfg.channels), "steps": cfg.steps}
     del pipe
