@@ -233,3 +233,22 @@ def test_all_gather_runs_on_torch_without_all_gather_single(tmp_path, monkeypatc
     finally:
         dist.destroy_process_group()
     assert g.shape == (1, 2, 3) and torch.equal(g[0], t)
+
+
+def test_readme_table_is_the_committed_gpu_results():
+    """The README's context-parallelism table is `benchmarks/context_parallel.py`'s table of the committed
+    2-GPU JSON, and that JSON says what the README text claims: Ulysses bit-equal to one GPU, the hooks'
+    reductions exact."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("context_parallel", root / "benchmarks" / "context_parallel.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = json.loads(bench.RESULTS.read_text())
+    assert bench.table(res) in (root / "README.md").read_text()
+    u = res["modes"]["ulysses"]
+    assert u["latents"]["none"]["max_abs"] == u["latents"]["STAS"]["max_abs"] == 0.0
+    assert all(u["ok"].values()) and res["reduction"]["ok"]
