@@ -4,6 +4,8 @@
                                                                           # benchmarks/results/context_parallel.json
     torchrun --nproc_per_node 2 benchmarks/context_parallel.py --small   # 2 CPU processes (gloo), ~1 min, no file
     python benchmarks/context_parallel.py --readme                        # README table from the committed JSON
+    torchrun --nproc_per_node 2 benchmarks/context_parallel.py --modes ring --reference-backend _native_cudnn \
+        --out benchmarks/results/context_parallel_ring_ref.json          # ring against a reference on its own kernel
 
 A full-size Wan2.1-T2V-1.3B transformer with random bf16 weights (seeded: the same on every rank) in a
 ``WanPipeline`` (``prompt_embeds``, CFG 5.0, latents out), 81 frames at 480 x 832 (32 760 tokens),
