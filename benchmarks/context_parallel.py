@@ -23,6 +23,9 @@ over the W ranks and the same three calls run. Printed (rank 0) and written to t
 * ``stats``: per recorded statistic, max |W-GPU - 1-GPU| / max |1-GPU| (``chan_max``, ``chan_mean``,
   ``median``, ``tokens``), for the stock and the steered recording; ``steer_max_rel``: the same for
   the steered channels' per-token values;
+* ``steered_block_signs``: at the steered block over the steered steps, how many of the steered
+  channels' recorded values changed sign between 1 and W GPUs (`sign_flips`: one flip moves a STAS
+  value by twice its magnitude) and the relative difference where the sign held;
 * ``reduction``: the record / steer reductions alone on one seeded bf16 block output of 32 761 tokens
   (an uneven split, as ``ulysses_anything`` makes it) split over the ranks with the real process group,
   against the same reduction of the whole tensor on one GPU (the CUDA path: `stas._kernels`' Triton
@@ -160,6 +163,19 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b| over the entries both have (NaN = never written, the same in both)."""
     m = ~(a.isnan() | b.isnan())
     return float((a[m] - b[m]).abs().max() / b[m].abs().max().clamp_min(1e-30))
+
+
+def sign_flips(one: dict, many: dict, block: int, steps: int) -> dict:
+    """At the steered block over the steered steps of the STAS runs: how many recorded per-token values of
+    the steered channels have another sign on W GPUs than on 1 (STAS writes alpha * max|h| * sign(h), so
+    one flip moves a value by twice the steered magnitude), and max |W - 1| / max |1| over the entries
+    whose sign held."""
+    a, b = (r["STAS"]["stats"]["tokens"][:, :steps, block] for r in (many, one))
+    m = ~(a.isnan() | b.isnan())
+    flip = m & (a.sign() != b.sign())
+    held = m & ~flip
+    return {"entries": int(m.sum()), "sign_flips": int(flip.sum()),
+            "max_rel_where_sign_held": float((a[held] - b[held]).abs().max() / b[m].abs().max().clamp_min(1e-30))}
 
 
 def compare(one: dict, many: dict) -> dict:
@@ -318,11 +334,13 @@ def main():
             log(f"{mode}: failed: {res['modes'][mode]['error']}")
             continue
         res["modes"][mode] = cmp = compare(one, many)
+        cmp["steered_block_signs"] = sign_flips(one, many, cfg.blocks[0], cfg.steps)
         cmp["attention_backend"] = backend
         log(f"{mode} x{world}: speedup {json.dumps({k: round(v, 3) for k, v in cmp['speedup'].items()})}; "
             f"latents max |diff| stock {cmp['latents']['none']['max_abs']:.3g}, "
             f"STAS {cmp['latents']['STAS']['max_abs']:.3g} (STAS vs stock on 1 GPU "
             f"{cmp['latents']['STAS_vs_stock_1gpu_max_abs']:.3g}); stats rel diff {json.dumps(cmp['stats'])}; "
+            f"steered block: {json.dumps(cmp['steered_block_signs'])}; "
             f"ok {cmp['ok']}")
         del pipe
         if cuda:

@@ -252,3 +252,25 @@ def test_readme_table_is_the_committed_gpu_results():
     u = res["modes"]["ulysses"]
     assert u["latents"]["none"]["max_abs"] == u["latents"]["STAS"]["max_abs"] == 0.0
     assert all(u["ok"].values()) and res["reduction"]["ok"]
+
+
+def test_benchmark_counts_sign_flips_at_the_steered_block():
+    """`benchmarks/context_parallel.py`'s sign count: a steered value that changes sign is a flip, and the
+    relative difference is reported over the values whose sign held (rows: run, step, block, branch,
+    token, channel)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("context_parallel", root / "benchmarks" / "context_parallel.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    one = torch.full((1, 3, 4, 2, 5, 1), 2.0)
+    one[0, 2] = float("nan")                    # a step past K: never compared
+    many = one.clone()
+    many[0, 0, 1, 0, 3, 0] = -2.0               # a flip at the steered block 1, step 0
+    many[0, 1, 1, 1, 0, 0] = 2.5                # a value whose sign held, 0.25 of max |1 GPU|
+    many[0, 0, 2, 0, 0, 0] = -9.0               # another block: not counted
+    wrap = lambda t: {"STAS": {"stats": {"tokens": t}}}  # noqa: E731
+    got = bench.sign_flips(wrap(one), wrap(many), block=1, steps=2)
+    assert got == {"entries": 20, "sign_flips": 1, "max_rel_where_sign_held": 0.25}
