@@ -29,3 +29,15 @@ def call_kwargs(pipe, **over):
         kw.update(height=32, width=32, num_frames=9, num_inference_steps=3, guidance_scale=2.0)
     kw.update(over)
     return kw
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -22,7 +22,7 @@ from stas.record import _sharded_block_stats
 from stas.steer import steer_values
 from stas.tracking import ContextParallelError, TokenShard
 
-from conftest import call_kwargs
+from conftest import call_kwargs, load_benchmark
 
 PROMPT = "a red ball moves left"
 CHANNELS = [3, 10]
@@ -239,16 +239,11 @@ def test_readme_table_is_the_committed_gpu_results():
     """The README's context-parallelism table is `benchmarks/context_parallel.py`'s table of the committed
     2-GPU JSON, and that JSON says what the README text claims: Ulysses bit-equal to one GPU, the hooks'
     reductions exact."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("context_parallel", root / "benchmarks" / "context_parallel.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("context_parallel")
     res = json.loads(bench.RESULTS.read_text())
-    assert bench.table(res) in (root / "README.md").read_text()
+    assert bench.table(res) in (bench.ROOT / "README.md").read_text()
     u = res["modes"]["ulysses"]
     assert u["latents"]["none"]["max_abs"] == u["latents"]["STAS"]["max_abs"] == 0.0
     assert all(u["ok"].values()) and res["reduction"]["ok"]
@@ -258,13 +253,7 @@ def test_benchmark_counts_sign_flips_at_the_steered_block():
     """`benchmarks/context_parallel.py`'s sign count: a steered value that changes sign is a flip, and the
     relative difference is reported over the values whose sign held (rows: run, step, block, branch,
     token, channel)."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("context_parallel", root / "benchmarks" / "context_parallel.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("context_parallel")
     one = torch.full((1, 3, 4, 2, 5, 1), 2.0)
     one[0, 2] = float("nan")                    # a step past K: never compared
     many = one.clone()

@@ -1,17 +1,15 @@
 """benchmarks/evaluate_sharded.py: the row-for-row comparison behind the README's "rows equal" column,
 and the README table is the committed results JSON."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("evaluate_sharded", ROOT / "benchmarks" / "evaluate_sharded.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from conftest import load_benchmark
+
+bench = load_benchmark("evaluate_sharded")
+ROOT = bench.ROOT
 
 
 def _table(**over):
