@@ -227,3 +227,38 @@ def test_freeze_encoder_keeps_the_latent_space_and_trains_the_decoder():
     assert all(torch.equal(after[n], p) for n, p in frozen.items())
     assert all(torch.equal(ema[n], p) for n, p in frozen.items())  # the EMA of a frozen tensor stays put
     assert sum(not torch.equal(after[n], p) for n, p in dec.items()) > len(dec) // 2
+
+
+def test_grow_res_blocks_computes_what_the_shipped_vae_computes():
+    from stas.house.train_vae import grow_res_blocks
+
+    small = _shipped_vae("causal")
+    big = make_vae("causal", num_res_blocks=1)
+    big.load_state_dict(grow_res_blocks(small.state_dict(), big, from_nrb=0))
+    assert sum(p.numel() for p in big.parameters()) > 1.8 * sum(p.numel() for p in small.parameters())
+    video, _, _ = world.sample_clip(7)
+    x = video[:9].permute(1, 0, 2, 3)[None, :, :, :64, :64] * 2 - 1  # (1, 3, 9, 64, 64) in [-1, 1]
+    with torch.no_grad():
+        z_small, z_big = small.encode(x).latent_dist.mode(), big.encode(x).latent_dist.mode()
+        torch.testing.assert_close(z_big, z_small, rtol=0, atol=1e-5)
+        torch.testing.assert_close(big.decode(z_small).sample, small.decode(z_small).sample, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="shrink"):
+        grow_res_blocks(big.state_dict(), small, from_nrb=1)
+
+
+def test_vae_config_of_refuses_a_resume_with_other_res_blocks(tmp_path):
+    import argparse
+    import json
+
+    from stas.house.train_vae import vae_config_of
+
+    (tmp_path / "state.json").write_text(json.dumps(dict(step=3, vae_config=dict(num_res_blocks=1))))
+    args = argparse.Namespace(res_blocks=None, init=None, variant="causal")
+    assert vae_config_of(args, tmp_path) == dict(num_res_blocks=1)  # the checkpoint's, when not given
+    args.res_blocks = 0
+    with pytest.raises(ValueError, match="checkpoint"):
+        vae_config_of(args, tmp_path)
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "vae_report.json").write_text(json.dumps(dict(steps=5)))  # defaults: 0
+    args = argparse.Namespace(res_blocks=1, init=str(tmp_path / "exp"), variant="causal")
+    assert vae_config_of(args, tmp_path / "none") == dict(num_res_blocks=1)  # grows the export

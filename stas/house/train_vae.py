@@ -35,7 +35,7 @@ from torch import nn
 
 from . import world
 from ..layout import crosses_latent_frames
-from .models import NUM_FRAMES, SIZE, VARIANTS, make_vae, pixel_frames
+from .models import NUM_FRAMES, SIZE, VAE_CONFIG, VARIANTS, make_vae, pixel_frames
 from .train import EVAL_SEED0, load_ckpt, load_export_weights, log, save_ckpt, vae_encode
 
 
@@ -178,6 +178,52 @@ def freeze_encoder_(vae, ema) -> int:
     return n
 
 
+def _block_keys(nrb: int, stages: int) -> dict:
+    """``{(module, stage, kind, j): state-dict prefix}`` of AutoencoderKLWan's residual and resample
+    blocks for ``num_res_blocks = nrb``: the encoder's flat ``down_blocks`` list holds per stage ``nrb``
+    residual blocks, then a resample (not after the last stage); decoder stage ``s`` holds
+    ``up_blocks.s.resnets.0 ... nrb`` (``nrb + 1`` blocks)."""
+    keys, i = {}, 0
+    for s in range(stages):
+        for j in range(nrb):
+            keys[("encoder", s, "res", j)] = f"encoder.down_blocks.{i}."
+            i += 1
+        if s != stages - 1:
+            keys[("encoder", s, "resample", 0)] = f"encoder.down_blocks.{i}."
+            i += 1
+        for j in range(nrb + 1):
+            keys[("decoder", s, "res", j)] = f"decoder.up_blocks.{s}.resnets.{j}."
+    return keys
+
+
+def grow_res_blocks(weights: dict, vae, from_nrb: int) -> dict:
+    """A state dict for ``vae`` (built with more ``num_res_blocks`` than ``from_nrb``) that computes what
+    ``weights`` (a state dict of the ``from_nrb`` model) computes: every block of the smaller model keeps
+    its weights, under its new index; each added residual block is an identity (its ``conv2`` zeroed,
+    the zero-initialised residual branch of Goyal et al. 2017), the rest of it keeps ``vae``'s fresh
+    initialisation. So training continues from the smaller model's reconstructions with more decoder
+    (and encoder) capacity; the latent space is unchanged until the encoder trains."""
+    nrb, stages = vae.config.num_res_blocks, len(vae.config.dim_mult)
+    if nrb < from_nrb:
+        raise ValueError(f"cannot shrink num_res_blocks {from_nrb} -> {nrb}")
+    old, new = _block_keys(from_nrb, stages), _block_keys(nrb, stages)
+    out = {k: v.clone() for k, v in vae.state_dict().items()}
+    moved = {}
+    for k, v in weights.items():
+        src = next((b for b in old.values() if k.startswith(b)), None)
+        key = k if src is None else new[next(i for i, b in old.items() if b == src)] + k[len(src):]
+        if key not in out or out[key].shape != v.shape:
+            raise ValueError(f"{k} -> {key}: not in the grown model or another shape")
+        moved[key] = v
+    for i, b in new.items():
+        if i not in old and i[2] == "res":
+            for k in out:
+                if k.startswith(b + "conv2."):
+                    out[k].zero_()
+    out.update(moved)
+    return out
+
+
 def image_only_(vae):
     """Zero every causal conv's taps on past frames, in place: each frame is then encoded and decoded
     alone, also when a whole clip is decoded at once (as WanPipeline does). The uniform variant trains on
@@ -237,10 +283,11 @@ def fuse_norm_silu_(vae) -> int:
     return n
 
 
-def build(variant, lr, device, graph, fuse=False, channels_last=False):
+def build(variant, lr, device, graph, fuse=False, channels_last=False, vae_config=None):
     """(VAE in train mode, EMA dict of float32 copies, AdamW; ``capturable`` with a tensor lr when
-    ``graph``). ``fuse``: ``fuse_norm_silu_``; ``channels_last``: channels_last_3d weights."""
-    vae = make_vae(variant).to(device).train()
+    ``graph``). ``fuse``: ``fuse_norm_silu_``; ``channels_last``: channels_last_3d weights;
+    ``vae_config``: overrides of `models.VAE_CONFIG` (e.g. ``{"num_res_blocks": 1}``)."""
+    vae = make_vae(variant, **(vae_config or {})).to(device).train()
     if variant == "uniform":
         image_only_(vae)
     if fuse:
@@ -326,9 +373,11 @@ def train(args):
     graph = bool(args.graph) and dev.type == "cuda"
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
-    vae, ema, opt = build(args.variant, args.lr, dev, graph, fuse=bool(args.fuse), channels_last=bool(args.channels_last))
     ckpt = Path(args.ckpt)
-    state = dict(step=0, seconds=0.0, seed=args.seed * 10_000_000, history=[], runs=[])
+    cfg = vae_config_of(args, ckpt)
+    vae, ema, opt = build(args.variant, args.lr, dev, graph, fuse=bool(args.fuse), channels_last=bool(args.channels_last),
+                          vae_config=cfg)
+    state = dict(step=0, seconds=0.0, seed=args.seed * 10_000_000, history=[], runs=[], vae_config=cfg)
     fresh_opt = not (ckpt / "optim.safetensors").exists()
     if (ckpt / "state.json").exists():
         state = load_ckpt(ckpt, vae, ema, opt, dev)
@@ -387,6 +436,24 @@ def train(args):
         export(ema, args.variant, args.export, state, dev)
 
 
+def vae_config_of(args, ckpt):
+    """The `models.VAE_CONFIG` overrides of a run (``{}`` or ``{"num_res_blocks": n}``): ``--res-blocks``,
+    else those recorded in the resume checkpoint (``state.json``) or in ``--init``'s report. Raises
+    ValueError when ``--res-blocks`` differs from the checkpoint's or is below ``--init``'s (above it,
+    `init_from_export` grows the export with identity blocks)."""
+    cfg = {} if args.res_blocks is None else dict(num_res_blocks=args.res_blocks)
+    for f, what in ((ckpt / "state.json", "checkpoint"), (Path(args.init or ".") / "vae_report.json", "--init export")):
+        if (what == "--init export" and not args.init) or not f.exists():
+            continue
+        had = json.loads(f.read_text()).get("vae_config", {})
+        if args.res_blocks is None:
+            return had
+        n = dict(VAE_CONFIG, **had)["num_res_blocks"]
+        if n > args.res_blocks or (n < args.res_blocks and what == "checkpoint"):
+            raise ValueError(f"--res-blocks {args.res_blocks} differs from the {what} {f} ({had or 'defaults'})")
+    return cfg
+
+
 def init_from_export(folder, vae, ema, state):
     """Start from an exported VAE (``folder/vae``, save_pretrained) and continue its report's curve
     (``folder/vae_report.json``: steps, minutes, runs, history, stream position): the resume path when
@@ -394,14 +461,20 @@ def init_from_export(folder, vae, ema, state):
     trainer state. Raises FileNotFoundError when either file is missing."""
     folder = Path(folder)
     rep = json.loads((folder / "vae_report.json").read_text())
-    vae.load_state_dict(load_export_weights(folder / "vae", next(vae.parameters()).device))
+    w = load_export_weights(folder / "vae", next(vae.parameters()).device)
+    had = dict(VAE_CONFIG, **rep.get("vae_config", {}))["num_res_blocks"]
+    if had != vae.config.num_res_blocks:  # --res-blocks above the export's: grow it (identity blocks)
+        w = grow_res_blocks(w, vae, had)
+        state["grown_from"] = dict(num_res_blocks=had, step=rep["steps"])
+    vae.load_state_dict(w)
     with torch.no_grad():
         for n, p in vae.named_parameters():
             ema[n].copy_(p)
     # the stream position: recorded since this function exists; before, every step drew `batch` clips
     seed = rep.get("stream_seed", state["seed"] + sum((r["end_step"] - r["start_step"]) * r["batch"] for r in rep["runs"]))
     return dict(step=rep["steps"], seconds=rep["minutes"] * 60, seed=seed, history=rep["history"], runs=rep["runs"],
-                init=str(folder))
+                init=str(folder), vae_config=state.get("vae_config", rep.get("vae_config", {})), **({"grown_from": state["grown_from"]}
+                                                                      if "grown_from" in state else {}))
 
 
 def _ema_heldout(vae, ema, variant, dev):
@@ -419,7 +492,7 @@ def export(weights, variant, out, state, dev, clips=64, name="ema"):
     """Weights (a state dict, ``name`` "ema" or "model": the live weights) + latent statistics from
     ``clips`` held-out clips -> ``out/<variant>/vae`` (save_pretrained, safetensors) and
     ``out/<variant>/vae_report.json`` (``exported_weights``: ``name``)."""
-    e = make_vae(variant).to(dev)
+    e = make_vae(variant, **state.get("vae_config", {})).to(dev)
     e.load_state_dict({**e.state_dict(), **weights})
     if variant == "uniform":
         image_only_(e)
@@ -431,7 +504,7 @@ def export(weights, variant, out, state, dev, clips=64, name="ema"):
     rep = dict(variant=variant, steps=state["step"], minutes=round(state["seconds"] / 60, 2),
                heldout_psnr=round(clip_psnr, 2), heldout_psnr_per_frame=per_frame, heldout_clips=clips,
                params=sum(p.numel() for p in e.parameters()), runs=state["runs"], history=state["history"],
-               stream_seed=state["seed"], exported_weights=name)
+               stream_seed=state["seed"], exported_weights=name, vae_config=state.get("vae_config", {}))
     (d / "vae_report.json").write_text(json.dumps(rep, indent=1))
     log(f"vae[{variant}] exported {d}: held-out PSNR {clip_psnr:.2f} dB, per frame {per_frame}")
     return rep
@@ -557,6 +630,8 @@ def main(argv=None):
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--crop", type=int, default=64, help="spatial crop side in pixels (128: whole frames)")
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--res-blocks", type=int, default=None, help="num_res_blocks of AutoencoderKLWan (encoder n, "
+                   "decoder n + 1 per stage; default: the checkpoint's or --init's, else models.VAE_CONFIG's 0)")
     t.add_argument("--kl", type=float, default=1e-4)
     t.add_argument("--dt", type=float, default=0.0, help="weight of the L1 loss on frame-to-frame change "
                    "(reconstruction's minus input's): penalises flicker the L1/L2 terms allow")
