@@ -2,6 +2,7 @@
 text encoder used for GPU training. CPU, seconds."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,8 +116,6 @@ def test_temporal_diff_pairs_frames_of_one_clip():
 
 
 def test_uniform_batches_cut_one_crop_per_clip():
-    import numpy as np
-
     from stas.house.models import SIZE
     from stas.house.train_vae import Batches
 
@@ -262,3 +261,40 @@ def test_vae_config_of_refuses_a_resume_with_other_res_blocks(tmp_path):
     (tmp_path / "exp" / "vae_report.json").write_text(json.dumps(dict(steps=5)))  # defaults: 0
     args = argparse.Namespace(res_blocks=1, init=str(tmp_path / "exp"), variant="causal")
     assert vae_config_of(args, tmp_path / "none") == dict(num_res_blocks=1)  # grows the export
+
+
+class _FlickerVAE(torch.nn.Module):
+    """A stand-in VAE whose 'reconstruction' is the clip itself plus ``amp`` on every odd frame (in
+    [-1, 1]): a flicker of amp / 2 on the [0, 1] scale at every transition, on every pixel."""
+
+    def __init__(self, amp):
+        super().__init__()
+        self.amp, self.w = amp, torch.nn.Parameter(torch.zeros(()))
+
+    def encode(self, x):
+        mode = lambda: x  # noqa: E731
+        return type("E", (), {"latent_dist": type("D", (), {"mode": staticmethod(mode)})})
+
+    def decode(self, z):
+        flick = torch.zeros_like(z)
+        flick[:, :, 1::2] = self.amp
+        return type("O", (), {"sample": z + flick})
+
+
+def test_gate_static_excess_is_the_flicker_on_still_pixels():
+    from stas.house.train import EVAL_SEED0
+    from stas.house.train_vae import gate
+
+    g = gate(_FlickerVAE(0.0), "causal", clips=8)
+    assert g["change_ratio"] == [1.0] * 28 and g["static_excess"] == [0.0] * 28  # a perfect reconstruction
+    g1 = gate(_FlickerVAE(0.02), "causal", clips=8)
+    video, _ = world.ClipStream(start_seed=EVAL_SEED0 + 99, device="cpu").next(8)  # gate's clips
+    rec = video.clone()
+    rec[:, :, 1::2] += 0.02
+    r01, g01 = (rec.clamp(-1, 1) + 1) / 2, (video + 1) / 2  # (8, 3, 29, H, W)
+    d = (g01[:, :, 1:] - g01[:, :, :-1]).abs()
+    still = (d.amax(dim=(1, 2)) <= 0.02).float()[:, None, None]  # (8, 1, 1, H, W)
+    want = ((r01[:, :, 1:] - r01[:, :, :-1]).abs() * still).mean(dim=(1, 3, 4)).mean(0) / d.mean(dim=(1, 3, 4)).mean(0)
+    assert g1["static_fraction"] == pytest.approx(float(still.mean()), abs=1e-3)
+    assert np.allclose(g1["static_excess"], want.numpy(), atol=1e-3)
+    assert min(g1["static_excess"]) > 0.5  # a 0.01 flicker on still pixels is large against the real change

@@ -27,10 +27,10 @@ _COMMON = dict(height=SIZE, width=SIZE, num_frames=NUM_FRAMES, num_inference_ste
 DEFAULTS = {"causal": dict(_COMMON), "uniform": dict(_COMMON)}
 
 # The house model's STAS default: the paper's setting scaled to 8 blocks and 10 steps (K = 4 of 10
-# ~ 20 of 50, the mid block, both CFG branches); channels are measured. Not confirmed by an ablation:
-# on the full grid (results/07_ablations.csv, 16 prompts, 2026-11-29) notebooks/07_ablations.ipynb's
-# rule (stas.ablations.PICK_RULE) picks nothing - no setting lowers the seam excess, 13 raise it.
-# Change it only by that rule, on a full grid, and together with 07's "What we saw".
+# ~ 20 of 50, the mid block, both CFG branches); channels are measured. Not chosen by an ablation:
+# notebooks/07_ablations.ipynb's rule (stas.ablations.PICK_RULE) reads the full grid
+# (results/07_ablations.csv, made on the shipped weights) and says in its "What we saw" whether any
+# setting lowers the seam excess. Change it only by that rule, on a full grid, together with 07's text.
 STAS_DEFAULTS = dict(alpha=1.0, steps=4, blocks=(4,), positions=("first_frame", "boundary"), boundary_width=1,
                      branches=("cond", "uncond"))
 

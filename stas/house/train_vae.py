@@ -528,8 +528,11 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
     colour and shape recognised, ``detect.score_clip``); ``change_ratio`` per transition (mean |x_{t+1} -
     x_t| of reconstructions over that of the real frames, averaged over clips) and its worst deviation
     from 1 (``change_dev_first``, ``_seams``, ``_within``; None where a class is empty) over the classes
-    of `transition_classes`; ``speed_ratio``: the objects'
-    mean centroid speed (detector, px/frame) on reconstructions over that on the real frames;
+    of `transition_classes`; ``static_excess``: per transition, the part of the reconstruction's mean
+    change that lies on pixels the real clip keeps still (no channel changes by more than 0.02 at any
+    transition: ``static_fraction`` of them), over the real clip's mean change: where the excess of
+    ``change_ratio`` lives (the ratio minus it is the change on the other pixels); ``speed_ratio``: the
+    objects' mean centroid speed (detector, px/frame) on reconstructions over that on the real frames;
     ``decode_s``: CPU seconds to decode one clip's latents (2 threads, median of 3).
     """
     from .detect import detect, score_clip
@@ -539,7 +542,7 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
     dev = next(vae.parameters()).device
     stream = world.ClipStream(start_seed=seed, device=dev)
     se = ok = ok_real = 0.0
-    change_r, change_f, sp_r, sp_f = [], [], [], []
+    change_r, change_f, change_s, static, sp_r, sp_f = [], [], [], [], [], []
     for _ in range(0, clips, 8):
         video, caps = stream.next(min(8, clips))
         real = video[:, :, fr]
@@ -552,6 +555,9 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
             ok_real += score_clip(g01, cap)["ok"]
             change_f.append((g01[1:] - g01[:-1]).abs().mean(dim=(1, 2, 3)))
             change_r.append((r01[1:] - r01[:-1]).abs().mean(dim=(1, 2, 3)))
+            still = ((g01[1:] - g01[:-1]).abs().amax(dim=(0, 1)) <= 0.02).float()  # (H, W): never changes
+            change_s.append(((r01[1:] - r01[:-1]).abs() * still).mean(dim=(1, 2, 3)))
+            static.append(still.mean())
             for ob in parse_prompt(cap):
                 s = [_speed(detect(v, ob["colour"])) for v in (r01, g01)]
                 if np.isfinite(s).all() and s[1] > 0.5:  # moving objects, seen in both
@@ -559,6 +565,7 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
                     sp_f.append(s[1])
     n = clips
     ratio = torch.stack(change_r).mean(0) / torch.stack(change_f).mean(0)
+    static_excess = torch.stack(change_s).mean(0) / torch.stack(change_f).mean(0)
     first, seams, within = transition_classes(variant, len(fr))
     vae_cpu = vae.to("cpu").float()
     lat = vae_encode(vae_cpu, video[:1].cpu().float(), variant)
@@ -577,6 +584,8 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
                 change_dev_first=round(float((ratio[first] - 1).abs().max()), 3) if first else None,
                 change_dev_seams=round(float((ratio[seams] - 1).abs().max()), 3) if seams else None,
                 change_dev_within=round(float((ratio[within] - 1).abs().max()), 3) if within else None,
+                static_excess=[round(float(r), 3) for r in static_excess],
+                static_fraction=round(float(torch.stack(static).mean()), 3),
                 speed_ratio=round(float(np.sum(sp_r) / np.sum(sp_f)), 3) if sp_f else None, speed_objects=len(sp_f),
                 decode_s=round(float(np.median(times)), 2))
 
