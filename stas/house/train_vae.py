@@ -472,9 +472,11 @@ def init_from_export(folder, vae, ema, state):
             ema[n].copy_(p)
     # the stream position: recorded since this function exists; before, every step drew `batch` clips
     seed = rep.get("stream_seed", state["seed"] + sum((r["end_step"] - r["start_step"]) * r["batch"] for r in rep["runs"]))
-    return dict(step=rep["steps"], seconds=rep["minutes"] * 60, seed=seed, history=rep["history"], runs=rep["runs"],
-                init=str(folder), vae_config=state.get("vae_config", rep.get("vae_config", {})), **({"grown_from": state["grown_from"]}
-                                                                      if "grown_from" in state else {}))
+    out = dict(step=rep["steps"], seconds=rep["minutes"] * 60, seed=seed, history=rep["history"], runs=rep["runs"],
+               init=str(folder), vae_config=state.get("vae_config", rep.get("vae_config", {})))
+    if "grown_from" in state:
+        out["grown_from"] = state["grown_from"]
+    return out
 
 
 def _ema_heldout(vae, ema, variant, dev):
@@ -555,7 +557,8 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
             ok_real += score_clip(g01, cap)["ok"]
             change_f.append((g01[1:] - g01[:-1]).abs().mean(dim=(1, 2, 3)))
             change_r.append((r01[1:] - r01[:-1]).abs().mean(dim=(1, 2, 3)))
-            still = ((g01[1:] - g01[:-1]).abs().amax(dim=(0, 1)) <= 0.02).float()  # (H, W): never changes
+            # (H, W): pixels whose every channel changes by at most 0.02 at every transition
+            still = ((g01[1:] - g01[:-1]).abs().amax(dim=(0, 1)) <= 0.02).float()
             change_s.append(((r01[1:] - r01[:-1]).abs() * still).mean(dim=(1, 2, 3)))
             static.append(still.mean())
             for ob in parse_prompt(cap):
