@@ -159,6 +159,25 @@ def test_recon_loss_terms_by_hand():
     assert torch.isclose(recon_loss(rec, x, grad_weight=1.0), torch.tensor(base + 0.125 + 0.125))
 
 
+def test_recon_loss_dt_first_weighs_the_first_transitions():
+    from stas.house.train_vae import DT_FIRST, recon_loss
+
+    x = torch.zeros(1, 1, 10, 1, 1)  # 9 transitions
+    early, late = x.clone(), x.clone()
+    early[0, 0, 1] = 1.0  # transitions 0 -> 1 and 1 -> 2 off by 1 each: both among the first DT_FIRST
+    late[0, 0, 8] = 1.0  # transitions 7 -> 8 and 8 -> 9
+    base = 1 / 10 + 1 / 10
+    w = torch.tensor([3.0] * DT_FIRST + [1.0] * (9 - DT_FIRST))
+    w = w / w.mean()  # 3 : 1, mean 1
+    assert torch.isclose(recon_loss(early, x, dt_weight=1.0, dt_first=3.0), base + 2 * w[0] / 9)
+    assert torch.isclose(recon_loss(late, x, dt_weight=1.0, dt_first=3.0), base + 2 * w[-1] / 9)
+    # weight 1 is the unweighted term; the total weight is kept (mean 1)
+    assert torch.isclose(recon_loss(late, x, dt_weight=1.0, dt_first=1.0), torch.tensor(base + 2 / 9))
+    assert torch.isclose(w.mean(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="more than"):
+        recon_loss(x[:, :, :DT_FIRST], x[:, :, :DT_FIRST], dt_weight=1.0, dt_first=2.0)
+
+
 def test_fused_norm_silu_is_the_stock_vae_with_the_same_keys():
     from stas.house.train_vae import FusedRMSNormSiLU, fuse_norm_silu_
 

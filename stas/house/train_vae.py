@@ -85,14 +85,28 @@ def temporal_diff(v: torch.Tensor, group: int) -> torch.Tensor:
     return g[:, 1:] - g[:, :-1]
 
 
-def recon_loss(rec, x, dt_weight=0.0, grad_weight=0.0, group=1):
+DT_FIRST = 4  # transitions 0 -> 1 ... 3 -> 4: into and within the causal VAE's latent frame 1
+
+
+def recon_loss(rec, x, dt_weight=0.0, grad_weight=0.0, group=1, dt_first=1.0):
     """The VAE's reconstruction loss, a 0-dim float32 tensor: mean |rec - x| + mean (rec - x)^2
     + ``dt_weight`` * mean |temporal_diff(rec) - temporal_diff(x)| (flicker the per-pixel terms allow)
     + ``grad_weight`` * sum over H, W of mean |d(rec) - d(x)| (gradient difference loss, Mathieu et al.
-    2016, arXiv 1511.05440: sharp edges). ``rec``, ``x``: (B, C, T, H, W) float32 in [-1, 1]."""
+    2016, arXiv 1511.05440: sharp edges). ``rec``, ``x``: (B, C, T, H, W) float32 in [-1, 1].
+
+    ``dt_first``: the first `DT_FIRST` transitions weigh that many times the others in the frame-change
+    term, the weights scaled to mean 1 (the term's total weight stays ``dt_weight``; only its share over
+    transitions moves). Needs clips (T > DT_FIRST + 1); ValueError otherwise."""
     loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
     if dt_weight:
-        loss = loss + dt_weight * (temporal_diff(rec, group) - temporal_diff(x, group)).abs().mean()
+        err = (temporal_diff(rec, group) - temporal_diff(x, group)).abs()
+        if dt_first != 1.0:
+            if rec.shape[2] <= DT_FIRST + 1:
+                raise ValueError(f"dt_first needs clips of more than {DT_FIRST + 1} frames, got {rec.shape[2]}")
+            w = torch.ones(err.shape[2], device=err.device)
+            w[:DT_FIRST] = dt_first
+            err = err * (w / w.mean()).view(1, 1, -1, 1, 1)
+        loss = loss + dt_weight * err.mean()
     if grad_weight:
         for d in (-1, -2):
             loss = loss + grad_weight * (rec.diff(dim=d) - x.diff(dim=d)).abs().mean()
@@ -107,9 +121,9 @@ class Step:
     """
 
     def __init__(self, vae, opt, ema, kl_weight, graph, ema_decay=0.999, dt_weight=0.0, group=1, grad_weight=0.0,
-                 channels_last=False):
+                 channels_last=False, dt_first=1.0):
         self.vae, self.opt, self.ema, self.kl_weight = vae, opt, ema, kl_weight
-        self.dt_weight, self.group, self.grad_weight = dt_weight, group, grad_weight
+        self.dt_weight, self.group, self.grad_weight, self.dt_first = dt_weight, group, grad_weight, dt_first
         self.params = [p for p in vae.parameters() if p.requires_grad]
         self.ema_list = [ema[n] for n, p in vae.named_parameters() if p.requires_grad]
         self.decay = ema_decay
@@ -125,7 +139,7 @@ class Step:
         rec = rec.float()
         mse = F.mse_loss(rec, x)
         kl = post.kl().mean() / float(np.prod(z.shape[1:]))
-        loss = recon_loss(rec, x, self.dt_weight, self.grad_weight, self.group) + self.kl_weight * kl
+        loss = recon_loss(rec, x, self.dt_weight, self.grad_weight, self.group, self.dt_first) + self.kl_weight * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
         self.opt.step()
@@ -395,8 +409,10 @@ def train(args):
     group = 1 if args.variant == "causal" else len(pixel_frames(args.variant))
     if args.dt and args.batch % group:
         raise ValueError(f"--dt needs --batch a multiple of {group} for the {args.variant} variant")
+    if args.dt_first != 1.0 and (args.variant != "causal" or not args.dt):
+        raise ValueError("--dt-first weighs transitions of the causal variant's --dt term: give --dt too")
     step = Step(vae, opt, ema, args.kl, graph, dt_weight=args.dt, group=group, grad_weight=args.grad,
-                channels_last=bool(args.channels_last))
+                channels_last=bool(args.channels_last), dt_first=args.dt_first)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
@@ -405,7 +421,8 @@ def train(args):
         save_ckpt(ckpt, vae, ema, opt, state)
 
     t0, s0, n0 = time.time(), state["seconds"], state["step"]
-    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt, grad=args.grad, graph=graph,
+    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt, dt_first=args.dt_first,
+               grad=args.grad, graph=graph,
                fuse=bool(args.fuse), channels_last=bool(args.channels_last),
                reset_ema=args.reset_ema, fresh_adamw=fresh_opt, freeze_encoder=args.freeze_encoder,
                device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
@@ -647,6 +664,8 @@ def main(argv=None):
     t.add_argument("--kl", type=float, default=1e-4)
     t.add_argument("--dt", type=float, default=0.0, help="weight of the L1 loss on frame-to-frame change "
                    "(reconstruction's minus input's): penalises flicker the L1/L2 terms allow")
+    t.add_argument("--dt-first", type=float, default=1.0, help=f"the first {DT_FIRST} transitions' weight in the "
+                   "--dt term relative to the others (weights scaled to mean 1)")
     t.add_argument("--grad", type=float, default=0.0, help="weight of the L1 loss on spatial image gradients "
                    "(gradient difference loss): sharpens the corners the shape detector reads")
     t.add_argument("--graph", type=int, default=1, help="replay the step as a CUDA graph")
