@@ -510,12 +510,19 @@ def code_commit() -> str:
         return "unknown"
 
 
+# Modules that only the house trainers' command lines reach (``train_vae``: the VAE trainer; ``gates``: the
+# house gates, imported by ``stas.house.train``'s ``gates_cli``): no evaluation runs their code, so commits
+# that change only these leave a table's rows as they were and `table_provenance` does not count them
+# (tests/test_table_text.py checks every import of them in stas/ against that).
+TRAINING_ONLY = ("stas/house/train_vae.py", "stas/house/gates.py")
+
+
 def table_provenance(meta: dict) -> str:
     """One sentence (markdown) on what made a results table, from its ``meta`` (`finish_table`): model,
     weights hash, device, dtype, prompts x seeds, call size and steps, and the commit, compared with
     this checkout's HEAD (`code_commit` without ``+dirty``): when the table's commit is an ancestor of
-    HEAD, how many later commits there are and how many of them change ``stas/`` (then the table
-    predates the current code)."""
+    HEAD, how many later commits there are and how many of them change ``stas/`` outside `TRAINING_ONLY`
+    (then the table predates the current code)."""
     import subprocess
 
     c = meta["call"]
@@ -530,11 +537,12 @@ def table_provenance(meta: dict) -> str:
     try:
         base = made.split("+")[0]
         _git("merge-base", "--is-ancestor", base, "HEAD")
-        n, n_stas = (_git("rev-list", "--count", f"{base}..HEAD", *path) for path in ((), ("--", "stas")))
+        code = ("--", "stas", *(f":(exclude){f}" for f in TRAINING_ONLY))
+        n, n_stas = (_git("rev-list", "--count", f"{base}..HEAD", *path) for path in ((), code))
     except (OSError, subprocess.CalledProcessError):
         return run + f", not in this checkout's history (HEAD {head}): other code than the current one"
     return run + (f", {n} commit{'s' * (n != '1')} before this checkout's HEAD {head}, {n_stas} of them "
-                  "changing `stas/`"
+                  "changing `stas/` (the house trainers aside)"
                   + (": **the table predates the current code**" if int(n_stas) else ""))
 
 
@@ -556,7 +564,7 @@ def run_cli(a) -> dict | None:
     prompts = read_prompts(a.prompts)
     seeds = list(range(a.seed0, a.seed0 + a.seeds))
     names = [m.strip() for m in a.methods.split(",") if m.strip()]
-    pipe = load(a.model, device=state.device)
+    pipe = load(a.model, device=state.device, dtype=getattr(torch, a.dtype) if a.dtype else None)
     over = {k: v for k, v in dict(num_inference_steps=a.steps, num_frames=a.frames, height=a.size, width=a.size,
                                   guidance_scale=a.guidance).items() if v is not None}
     kw = call_settings(pipe, a.preset, **over)
@@ -656,6 +664,8 @@ def add_cli(sub):
                    "_summary.csv); an existing table is overwritten")
     e.add_argument("--model", default=None, help="a registered name, a diffusers dir or hub id (default $STAS_MODEL "
                    "or house)")
+    e.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="transformer and "
+                   "text encoder dtype (default: bfloat16 on CUDA, float32 on the CPU)")
     e.add_argument("--preset", default="native", choices=["native", "quick"], help="call settings preset")
     e.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     e.add_argument("--frames", type=int, default=None, help="frames per clip (default: the preset's)")

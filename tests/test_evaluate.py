@@ -50,14 +50,15 @@ def test_evaluate_cli_table(tmp_path, monkeypatch):
     monkeypatch.setenv("STAS_MODEL", "tiny-random-wan")
     out = tmp_path / "results.csv"
     main(["evaluate", "--prompts", "house:1", "--seeds", "1", "--methods", ",".join(METHODS), "--out", str(out),
-          "--real-per-prompt", "2", "--steps", "2", "--channels", "3"])   # random weights: no MA to measure
+          "--real-per-prompt", "2", "--steps", "2", "--channels", "3",    # random weights: no MA to measure
+          "--dtype", "bfloat16"])   # not the CPU default: the option reaches the loaded pipeline
     rows = list(csv.DictReader(open(out)))
     assert [r["method"] for r in rows] == list(METHODS)
     assert {(r["prompt"], r["seed"]) for r in rows} == {(PROMPT, "0")}  # paired: same prompt and seed
     need = {"prompt", "seed", "method", "seconds", "first", "seam_excess", "per_transition", "flicker",
             "flicker_score", "warp_error", "object_speed", "d_00", "d_07", "commit", "weights", "device", "dtype"}
     assert need <= set(rows[0])
-    assert rows[0]["device"] == "cpu" and rows[0]["dtype"] == "float32" and len(rows[0]["weights"]) >= 8
+    assert rows[0]["device"] == "cpu" and rows[0]["dtype"] == "bfloat16" and len(rows[0]["weights"]) >= 8
     assert not set(HOUSE_METRICS) & set(rows[0])   # the tiny model registered no house metrics
     doc = json.loads(out.with_suffix(".json").read_text())
     assert len(doc["rows"]) == 3 and "channels=(3,)" in doc["meta"]["methods"]["stas"]

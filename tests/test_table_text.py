@@ -91,3 +91,69 @@ def test_missing_families():
     assert names[:3] == ["alpha", "K (steps)", "CFG branch"] and "zero MAs" in names and len(names) == 9
     table = pd.DataFrame(dict(family=["CFG branch", "alpha", "blocks", "K (steps)", "boundary", "channel set"]))
     assert A.missing_families(table) == ["block", "positions", "zero MAs"]
+
+
+def test_table_provenance_skips_commits_to_the_house_trainers(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    def commit(path, text):
+        f = tmp_path / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+        git("add", "-A")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", path)
+        return git("rev-parse", "--short=12", "HEAD")
+
+    git("init", "-q")
+    made = commit("stas/evaluate.py", "a")
+    monkeypatch.setattr(E, "_git", git)
+    meta = dict(model="house", weights="abc", device="cpu", dtype="float32", prompts=["a"], seeds=[0],
+                call=dict(height=64, width=64, num_frames=17, num_inference_steps=2), commit=made)
+    for f in E.TRAINING_ONLY:
+        commit(f, "trainer")
+    commit("README.md", "docs")
+    txt = E.table_provenance(meta)
+    assert f"{len(E.TRAINING_ONLY) + 1} commits before" in txt and "0 of them changing `stas/`" in txt
+    assert "predates" not in txt
+    commit("stas/house/metrics.py", "evaluation code")
+    txt = E.table_provenance(meta)
+    assert f"{len(E.TRAINING_ONLY) + 2} commits before" in txt and "1 of them changing `stas/`" in txt
+    assert "**the table predates the current code**" in txt
+
+
+def test_training_only_modules_are_imported_only_by_command_lines():
+    """Every import of a `TRAINING_ONLY` module elsewhere in stas/ sits in a command-line function
+    (``main`` or ``*_cli``), so no evaluation runs their code."""
+    import ast
+    from pathlib import Path
+
+    root = Path(E.__file__).resolve().parents[1]
+    only = {f[:-3].replace("/", ".") for f in E.TRAINING_ONLY}
+    seen = []
+    for path in (root / "stas").rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel in E.TRAINING_ONLY:
+            continue
+        pkg = rel[:-3].split("/")[:-1]   # the package a relative import starts from
+
+        def visit(node, func):
+            for child in ast.iter_child_nodes(node):
+                name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+                if isinstance(child, ast.ImportFrom):
+                    base = ".".join(pkg[:len(pkg) - child.level + 1]) if child.level else ""
+                    mod = ".".join(x for x in (base, child.module or "") if x)
+                    targets = [mod] + [f"{mod}.{a.name}" for a in child.names]
+                elif isinstance(child, ast.Import):
+                    targets = [a.name for a in child.names]
+                else:
+                    targets = []
+                for t in set(targets) & only:
+                    seen.append((rel, t, func))
+                    assert func == "main" or (func or "").endswith("_cli"), f"{rel} imports {t} in {func or 'module'}"
+                visit(child, name)
+
+        visit(ast.parse(path.read_text()), None)
+    assert ("stas/house/train.py", "stas.house.gates", "gates_cli") in seen   # the check sees the one importer
