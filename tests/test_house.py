@@ -250,6 +250,52 @@ def test_gates_conditioning_against_direct_velocities():
     assert res["pass"] == (res["median"] >= 0.10)
 
 
+def test_named_swap_takes_only_what_the_caption_names():
+    from stas.house.gates import HELDOUT_SEED0, named_swap
+
+    seeds = list(range(HELDOUT_SEED0 + 10_000, HELDOUT_SEED0 + 10_016))
+    pa, pb = world.sample_params(seeds), world.sample_params(seeds[1:] + seeds[:1])
+    out = named_swap(pa, pb)
+    assert out.caption == pb.caption and pa.caption != pb.caption   # pa itself is left alone
+    for k in range(len(seeds)):
+        n = len(world.parse_prompt(pb.caption[k]))
+        for i in range(pa.colour.shape[1]):
+            swapped = i < n and pa.active[k, i]
+            assert out.colour[k, i] == (pb if swapped else pa).colour[k, i]
+            assert out.shape[k, i] == (pb if swapped else pa).shape[k, i]
+    for f in ("motion", "radius", "p0", "vel", "active", "bg", "bg_dir"):
+        assert np.array_equal(getattr(out, f), getattr(pa, f))
+    same = named_swap(pa, pa)   # a caption's own objects: nothing changes
+    assert np.array_equal(same.colour, pa.colour) and np.array_equal(same.shape, pa.shape)
+
+
+def test_conditioning_ceiling_pair_by_hand():
+    """Pair 0: clip 0's latents, clip 0 re-rendered with clip 1's caption's colours and shapes, the
+    seeded noise; ||x0_a - x0_b|| / (t ||eps - x0_a||)."""
+    from diffusers import AutoencoderKLWan
+
+    from stas.house import variant_dir
+    from stas.house.gates import HELDOUT_SEED0, conditioning_ceiling, named_swap
+    from stas.house.train import norm_stats, vae_encode
+
+    _shipped("uniform")
+    vae = AutoencoderKLWan.from_pretrained(str(variant_dir("uniform") / "vae"), dtype=torch.float32).eval()
+    res = conditioning_ceiling(vae, "uniform", pairs=3, t=0.75, seed=5)
+    pa = world.sample_params(range(HELDOUT_SEED0 + 10_000, HELDOUT_SEED0 + 10_003))
+    pb = world.sample_params([HELDOUT_SEED0 + 10_001, HELDOUT_SEED0 + 10_002, HELDOUT_SEED0 + 10_000])
+    assert pa.caption[0] != pb.caption[0]
+    m, s = norm_stats(vae, "cpu")
+    with torch.no_grad():
+        video = world.ClipStream(start_seed=HELDOUT_SEED0 + 10_000).next(3)[0]
+        x0a = (vae_encode(vae, video, "uniform") - m) / s
+        vb = world.render_batch(named_swap(pa, pb))[0].permute(0, 2, 1, 3, 4) * 2 - 1
+        x0b = (vae_encode(vae, vb, "uniform") - m) / s
+    eps = torch.randn(x0a.shape, generator=torch.Generator().manual_seed(5))
+    want = float((x0a[0] - x0b[0]).norm() / (0.75 * (eps[0] - x0a[0]).norm()))
+    assert res["rel_l2"][0] == pytest.approx(want, abs=1e-4) and want > 0.05   # a named change moves the latents
+    assert res["median"] == pytest.approx(float(np.median(res["rel_l2"])), abs=1e-4)
+
+
 def test_heldout_prompts_come_from_untrained_seeds():
     from stas.house.gates import HELDOUT_SEED0, heldout_prompts
 

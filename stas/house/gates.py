@@ -10,7 +10,9 @@
   caption and for another clip's caption, relative L2 ``||v_a - v_b|| / ||v_a||`` at t = 0.75 on
   held-out clips' latents. Pass: median over pairs >= 0.10.
   Also reported (not a gate): the same ratio along the pipeline's own denoising, at every step's
-  timestep, for two captions and for caption vs the empty prompt (`conditioning_trajectory`).
+  timestep, for two captions and for caption vs the empty prompt (`conditioning_trajectory`), and the
+  gate's ceiling on these pairs (`conditioning_ceiling`: a model that takes the colours and shapes a
+  caption names from the caption; ``python -m stas.house.gates ceiling`` measures it on a VAE alone).
 * Gates 3-4, massive activations (`massive`): the pipeline's own denoising runs recorded by
   `stas.study.record_blocks`; MA channels by `stas.find_massive`; per block at the first step both
   ratios (peak/median as Sun et al., peak/mean as the paper; `stas.massive`); the position classes of
@@ -19,6 +21,8 @@
   peak/mean >= 59 and peak/median >= 100 at the mid block; the hierarchy is reported as measured.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,6 +112,50 @@ def conditioning(pipe, variant: str, pairs: int = 16, t: float = 0.75, seed: int
                 min=float(rel.min()), **{"pass": bool(np.median(rel) >= 0.10)})
 
 
+def named_swap(pa: world.ClipParams, pb: world.ClipParams) -> world.ClipParams:
+    """Clip a's parameters with what clip b's caption names taken from clip b, clip by clip: for the i-th
+    object b's caption names (`world.parse_prompt`; the grammar names objects 0 and 1, in that order), the
+    colour and shape of b's object i replace those of a's object i where a has one. Positions, radii,
+    motions, background and a's unnamed objects stay; the captions become b's. Returns a new ClipParams."""
+    out = world.ClipParams(**{k: (v.copy() if isinstance(v, np.ndarray) else list(v)) for k, v in vars(pa).items()})
+    for k, cap in enumerate(pb.caption):
+        for i in range(len(world.parse_prompt(cap))):
+            if pa.active[k, i]:
+                out.colour[k, i], out.shape[k, i] = pb.colour[k, i], pb.shape[k, i]
+    out.caption = list(pb.caption)
+    return out
+
+
+@torch.no_grad()
+def conditioning_ceiling(vae, variant: str, pairs: int = 16, t: float = 0.75, seed: int = 0) -> dict:
+    """What `conditioning` would measure for a model that takes the colour and shape of what a caption
+    names from the caption and all else from the latents: its clips, pairs, noise and ``t``.
+
+    For pair (a, b), x0_a: clip a's latents as in `conditioning`; x0_b: clip a re-rendered by `named_swap`
+    (b's caption's colours and shapes, a's layout and motion). A model exact for caption a predicts
+    v_a = eps - x0_a; one that reads x0_b for caption b predicts v_b = (x_t - x0_b) / t (flow matching:
+    x_t = (1 - t) x0 + t eps, v = eps - x0), so ``||v_a - v_b|| / ||v_a|| = ||x0_a - x0_b|| / (t ||eps -
+    x0_a||)``. Motion words are not swapped, so a model that also followed them would differ more.
+    Returns per-pair values (pairs with equal captions dropped, as `conditioning`), median and minimum."""
+    from .train import norm_stats, vae_encode
+
+    seeds = list(range(HELDOUT_SEED0 + 10_000, HELDOUT_SEED0 + 10_000 + pairs))
+    pa = world.sample_params(seeds)
+    pb = world.sample_params(seeds[1:] + seeds[:1])  # b = the next clip's caption, as `conditioning`
+    m, s = norm_stats(vae, vae.device)
+
+    def latents(p):
+        v = world.render_batch(p)[0].permute(0, 2, 1, 3, 4) * 2 - 1  # as world.ClipStream.next
+        return ((vae_encode(vae, v.to(vae.device, vae.dtype), variant).float() - m) / s).cpu()
+
+    x0a, x0b = latents(pa), latents(named_swap(pa, pb))
+    eps = torch.randn(x0a.shape, generator=torch.Generator(device="cpu").manual_seed(seed))
+    rel = ((x0a - x0b).flatten(1).norm(dim=1) / (t * (eps - x0a).flatten(1).norm(dim=1))).numpy()
+    rel = rel[~np.array([a == b for a, b in zip(pa.caption, pb.caption)])]
+    return dict(t=t, pairs=len(rel), rel_l2=[round(float(r), 4) for r in rel], median=float(np.median(rel)),
+                min=float(rel.min()))
+
+
 @torch.no_grad()
 def conditioning_trajectory(pipe, variant: str, pairs: int = 6, seed: int = 0) -> dict:
     """The same comparison along the pipeline's own denoising: for each pair, run the native call for
@@ -191,8 +239,38 @@ def run_gates(pipe, variant: str, n_samples: int = 64, n_ma_prompts: int = 8, pa
     out = dict(variant=variant, conditioning=conditioning(pipe, variant, pairs))
     log(f"conditioning along the pipeline's own denoising: {max(2, pairs // 3)} caption pairs")
     out["conditioning"]["trajectory"] = conditioning_trajectory(pipe, variant, max(2, pairs // 3))
+    out["conditioning"]["ceiling"] = conditioning_ceiling(pipe.vae, variant, pairs)
     log(f"massive activations: recording {n_ma_prompts} held-out prompts (native call)")
     out["massive"] = massive(pipe, heldout_prompts(n_ma_prompts, HELDOUT_SEED0 + 20_000))
     log(f"samples: {n_samples} held-out prompts")
     out["samples"] = samples(pipe, variant, n_samples, progress=progress)
     return out
+
+
+def main(argv=None):
+    """``python -m stas.house.gates ceiling --variant causal [--root data/house] [--json F]``: the
+    conditioning gate's ceiling (`conditioning_ceiling`) on a shipped VAE alone (CPU, seconds)."""
+    import argparse
+    import json
+
+    from diffusers import AutoencoderKLWan
+
+    from . import VARIANTS, variant_dir
+
+    ap = argparse.ArgumentParser(prog="python -m stas.house.gates")
+    ap.add_argument("what", choices=["ceiling"])
+    ap.add_argument("--variant", choices=VARIANTS, default="causal")
+    ap.add_argument("--root", default=None, help="folder with <variant>/vae (default data/house)")
+    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--json", default=None, help="write the result here (default: print only)")
+    a = ap.parse_args(argv)
+    vae = AutoencoderKLWan.from_pretrained(str(variant_dir(a.variant, a.root) / "vae"), dtype=torch.float32).eval()
+    res = dict(variant=a.variant, **conditioning_ceiling(vae, a.variant, a.pairs))
+    print(json.dumps(res))
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()
