@@ -159,6 +159,37 @@ def test_recon_loss_terms_by_hand():
     assert torch.isclose(recon_loss(rec, x, grad_weight=1.0), torch.tensor(base + 0.125 + 0.125))
 
 
+def test_still_mask_and_dt_still_by_hand():
+    from stas.house.train_vae import STILL_MAX, recon_loss, still_mask
+
+    x = torch.zeros(1, 2, 3, 2, 2)  # 2 channels, 3 frames, 2x2 pixels
+    x[0, 1, 2, 0, 0] = 2 * STILL_MAX + 0.01  # pixel (0, 0): channel 1 changes by more than STILL_MAX at 1 -> 2
+    x[0, 0, 1, 0, 1] = 2 * STILL_MAX  # pixel (0, 1): exactly at the bound: still
+    m = still_mask(x)
+    assert m.shape == (1, 1, 1, 2, 2) and m.flatten().tolist() == [0.0, 1.0, 1.0, 1.0]
+    rec = x.clone()
+    rec[0, 0, 2, 1, 1] += 0.3  # a still pixel flickers: |d| 0.3 at 1 -> 2 in channel 0
+    rec[0, 1, 1, 0, 0] += 0.5  # the moving pixel is off too, but outside the mask
+    base = float(recon_loss(rec, x))
+    # on still pixels: the flicker 0.3, and pixel (0, 1)'s own change 2 * STILL_MAX at 0 -> 1 and 1 -> 2
+    # (the input's, copied), over the 2 x 2 x 2 x 2 = 16 values of |d rec|
+    want = base + 2.0 * (0.3 + 2 * 2 * STILL_MAX) / 16
+    assert float(recon_loss(rec, x, dt_still=2.0)) == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="clips"):
+        recon_loss(rec[:, :, :1], x[:, :, :1], dt_still=1.0)
+
+
+def test_batches_still_clips_repeat_frame_0():
+    from stas.house.train_vae import Batches
+
+    plain = Batches("causal", 4, 32, seed=7, device=torch.device("cpu")).next()
+    still = Batches("causal", 4, 32, seed=7, device=torch.device("cpu"), still_frac=0.5).next()
+    assert torch.equal(still[:2], plain[:2, :, :1].expand_as(plain[:2]))  # round(0.5 * 4) = 2 still clips
+    assert torch.equal(still[2:], plain[2:]) and (plain[:2, :, 1:] != plain[:2, :, :1]).any()
+    with pytest.raises(ValueError, match="causal"):
+        Batches("uniform", 8, 32, seed=7, device=torch.device("cpu"), still_frac=0.5)
+
+
 def test_recon_loss_dt_first_weighs_the_first_transitions():
     from stas.house.train_vae import DT_FIRST, recon_loss
 

@@ -14,7 +14,9 @@ capture" recipe). ``bench`` times the step for a list of settings and prints the
 
 ``train`` resumes from ``--ckpt`` (model, EMA, AdamW state, data-stream position, cumulative history);
 without one it starts from ``--init`` (an earlier export and its report) or fresh. ``--dt`` adds an L1
-loss on frame-to-frame change (reconstruction's minus input's) against flicker; ``--freeze-encoder``
+loss on frame-to-frame change (reconstruction's minus input's) against flicker (``--dt-first``: its
+share over transitions; ``--dt-still``: a term on the input's still pixels alone; ``--still-frac``: still
+clips in the batch); ``--freeze-encoder``
 trains the decoder alone (pass it on every run that should keep the latent space). ``--export``
 writes the EMA weights with latent statistics from held-out clips (``save_pretrained``, safetensors)
 and ``vae_report.json`` (held-out PSNR per frame); ``gate`` measures issue 8's gate 1.
@@ -47,19 +49,26 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
 class Batches:
     """Training inputs from a reproducible world-clip stream (``seed`` is the stream position).
 
-    causal: clips (B, 3, 29, crop, crop), one random crop per clip. uniform: single frames
-    (B, 3, 1, crop, crop), the frames the uniform VAE encodes (0, 4, ..., 28) of B/8 clips, each clip's
-    frames consecutive in the batch and cut at one crop (so ``temporal_diff`` can pair them).
+    causal: clips (B, 3, 29, crop, crop), one random crop per clip; with ``still_frac`` the first
+    round(still_frac * B) clips are still clips (their frame 0 repeated: a reconstruction of them should
+    not change at all). uniform: single frames (B, 3, 1, crop, crop), the frames the uniform VAE encodes
+    (0, 4, ..., 28) of B/8 clips, each clip's frames consecutive in the batch and cut at one crop (so
+    ``temporal_diff`` can pair them). Raises ValueError for ``still_frac`` with the uniform variant.
     """
 
-    def __init__(self, variant, batch, crop, seed, device):
+    def __init__(self, variant, batch, crop, seed, device, still_frac=0.0):
+        if still_frac and variant != "causal":
+            raise ValueError("still clips are for the causal variant (the uniform VAE sees single frames)")
         self.variant, self.batch, self.crop, self.device = variant, batch, crop, device
+        self.n_still = round(still_frac * batch)
         self.stream = world.ClipStream(start_seed=seed, num_frames=NUM_FRAMES, size=SIZE, device=device)
         self.rng = np.random.default_rng(seed)
 
     def next(self):
         if self.variant == "causal":
             video, _ = self.stream.next(self.batch)
+            if self.n_still:
+                video[:self.n_still] = video[:self.n_still, :, :1].clone()  # broadcast over frames
         else:
             fr = pixel_frames("uniform")
             clips, _ = self.stream.next(max(1, self.batch // len(fr)))
@@ -86,9 +95,17 @@ def temporal_diff(v: torch.Tensor, group: int) -> torch.Tensor:
 
 
 DT_FIRST = 4  # transitions 0 -> 1 ... 3 -> 4: into and within the causal VAE's latent frame 1
+STILL_MAX = 0.02  # a still pixel: no channel changes by more than this ([0, 1] scale) at any transition
 
 
-def recon_loss(rec, x, dt_weight=0.0, grad_weight=0.0, group=1, dt_first=1.0):
+def still_mask(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1, H, W) float32: 1 on the pixels of clips ``x`` ((B, C, T, H, W), T > 1, in [-1, 1]) that
+    no channel changes by more than `STILL_MAX` ([0, 1] scale, so 2 * STILL_MAX here) at any transition:
+    `gate`'s still pixels."""
+    return ((x[:, :, 1:] - x[:, :, :-1]).abs().amax(dim=(1, 2), keepdim=True) <= 2 * STILL_MAX).float()
+
+
+def recon_loss(rec, x, dt_weight=0.0, grad_weight=0.0, group=1, dt_first=1.0, dt_still=0.0):
     """The VAE's reconstruction loss, a 0-dim float32 tensor: mean |rec - x| + mean (rec - x)^2
     + ``dt_weight`` * mean |temporal_diff(rec) - temporal_diff(x)| (flicker the per-pixel terms allow)
     + ``grad_weight`` * sum over H, W of mean |d(rec) - d(x)| (gradient difference loss, Mathieu et al.
@@ -96,7 +113,11 @@ def recon_loss(rec, x, dt_weight=0.0, grad_weight=0.0, group=1, dt_first=1.0):
 
     ``dt_first``: the first `DT_FIRST` transitions weigh that many times the others in the frame-change
     term, the weights scaled to mean 1 (the term's total weight stays ``dt_weight``; only its share over
-    transitions moves). Needs clips (T > DT_FIRST + 1); ValueError otherwise."""
+    transitions moves). Needs clips (T > DT_FIRST + 1); ValueError otherwise.
+
+    ``dt_still``: + that weight * mean of |temporal_diff(rec)| * `still_mask` (x) over all values: the
+    reconstruction's change on the pixels the input keeps still, without the moving pixels' terms. Needs
+    clips (T > 1); ValueError otherwise."""
     loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
     if dt_weight:
         err = (temporal_diff(rec, group) - temporal_diff(x, group)).abs()
@@ -107,6 +128,10 @@ def recon_loss(rec, x, dt_weight=0.0, grad_weight=0.0, group=1, dt_first=1.0):
             w[:DT_FIRST] = dt_first
             err = err * (w / w.mean()).view(1, 1, -1, 1, 1)
         loss = loss + dt_weight * err.mean()
+    if dt_still:
+        if rec.shape[2] < 2:
+            raise ValueError("dt_still needs clips (T > 1)")
+        loss = loss + dt_still * ((rec[:, :, 1:] - rec[:, :, :-1]).abs() * still_mask(x)).mean()
     if grad_weight:
         for d in (-1, -2):
             loss = loss + grad_weight * (rec.diff(dim=d) - x.diff(dim=d)).abs().mean()
@@ -121,9 +146,10 @@ class Step:
     """
 
     def __init__(self, vae, opt, ema, kl_weight, graph, ema_decay=0.999, dt_weight=0.0, group=1, grad_weight=0.0,
-                 channels_last=False, dt_first=1.0):
+                 channels_last=False, **loss_kw):
         self.vae, self.opt, self.ema, self.kl_weight = vae, opt, ema, kl_weight
-        self.dt_weight, self.group, self.grad_weight, self.dt_first = dt_weight, group, grad_weight, dt_first
+        self.dt_weight, self.group, self.grad_weight = dt_weight, group, grad_weight
+        self.loss_kw = loss_kw  # further `recon_loss` keywords (dt_first, dt_still)
         self.params = [p for p in vae.parameters() if p.requires_grad]
         self.ema_list = [ema[n] for n, p in vae.named_parameters() if p.requires_grad]
         self.decay = ema_decay
@@ -139,7 +165,7 @@ class Step:
         rec = rec.float()
         mse = F.mse_loss(rec, x)
         kl = post.kl().mean() / float(np.prod(z.shape[1:]))
-        loss = recon_loss(rec, x, self.dt_weight, self.grad_weight, self.group, self.dt_first) + self.kl_weight * kl
+        loss = recon_loss(rec, x, self.dt_weight, self.grad_weight, self.group, **self.loss_kw) + self.kl_weight * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
         self.opt.step()
@@ -405,14 +431,16 @@ def train(args):
         with torch.no_grad():
             for n, p in vae.named_parameters():
                 ema[n].copy_(p)
-    data = Batches(args.variant, args.batch, args.crop, state["seed"], dev)
+    data = Batches(args.variant, args.batch, args.crop, state["seed"], dev, still_frac=args.still_frac)
     group = 1 if args.variant == "causal" else len(pixel_frames(args.variant))
     if args.dt and args.batch % group:
         raise ValueError(f"--dt needs --batch a multiple of {group} for the {args.variant} variant")
     if args.dt_first != 1.0 and (args.variant != "causal" or not args.dt):
         raise ValueError("--dt-first weighs transitions of the causal variant's --dt term: give --dt too")
+    if args.dt_still and args.variant != "causal":
+        raise ValueError("--dt-still needs clips: the causal variant")
     step = Step(vae, opt, ema, args.kl, graph, dt_weight=args.dt, group=group, grad_weight=args.grad,
-                channels_last=bool(args.channels_last), dt_first=args.dt_first)
+                channels_last=bool(args.channels_last), dt_first=args.dt_first, dt_still=args.dt_still)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
@@ -422,6 +450,7 @@ def train(args):
 
     t0, s0, n0 = time.time(), state["seconds"], state["step"]
     run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt, dt_first=args.dt_first,
+               dt_still=args.dt_still, still_frac=args.still_frac,
                grad=args.grad, graph=graph,
                fuse=bool(args.fuse), channels_last=bool(args.channels_last),
                reset_ema=args.reset_ema, fresh_adamw=fresh_opt, freeze_encoder=args.freeze_encoder,
@@ -575,7 +604,7 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
             change_f.append((g01[1:] - g01[:-1]).abs().mean(dim=(1, 2, 3)))
             change_r.append((r01[1:] - r01[:-1]).abs().mean(dim=(1, 2, 3)))
             # (H, W): pixels whose every channel changes by at most 0.02 at every transition
-            still = ((g01[1:] - g01[:-1]).abs().amax(dim=(0, 1)) <= 0.02).float()
+            still = ((g01[1:] - g01[:-1]).abs().amax(dim=(0, 1)) <= STILL_MAX).float()
             change_s.append(((r01[1:] - r01[:-1]).abs() * still).mean(dim=(1, 2, 3)))
             static.append(still.mean())
             for ob in parse_prompt(cap):
@@ -666,6 +695,10 @@ def main(argv=None):
                    "(reconstruction's minus input's): penalises flicker the L1/L2 terms allow")
     t.add_argument("--dt-first", type=float, default=1.0, help=f"the first {DT_FIRST} transitions' weight in the "
                    "--dt term relative to the others (weights scaled to mean 1)")
+    t.add_argument("--dt-still", type=float, default=0.0, help="weight of the L1 loss on the reconstruction's "
+                   "frame-to-frame change on the pixels the input keeps still (still_mask)")
+    t.add_argument("--still-frac", type=float, default=0.0, help="fraction of each causal batch made still clips "
+                   "(frame 0 repeated)")
     t.add_argument("--grad", type=float, default=0.0, help="weight of the L1 loss on spatial image gradients "
                    "(gradient difference loss): sharpens the corners the shape detector reads")
     t.add_argument("--graph", type=int, default=1, help="replay the step as a CUDA graph")
