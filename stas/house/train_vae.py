@@ -449,9 +449,8 @@ def train(args):
         save_ckpt(ckpt, vae, ema, opt, state)
 
     t0, s0, n0 = time.time(), state["seconds"], state["step"]
-    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt, dt_first=args.dt_first,
-               dt_still=args.dt_still, still_frac=args.still_frac,
-               grad=args.grad, graph=graph,
+    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt,
+               dt_first=args.dt_first, dt_still=args.dt_still, still_frac=args.still_frac, grad=args.grad, graph=graph,
                fuse=bool(args.fuse), channels_last=bool(args.channels_last),
                reset_ema=args.reset_ema, fresh_adamw=fresh_opt, freeze_encoder=args.freeze_encoder,
                device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
@@ -603,7 +602,7 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
             ok_real += score_clip(g01, cap)["ok"]
             change_f.append((g01[1:] - g01[:-1]).abs().mean(dim=(1, 2, 3)))
             change_r.append((r01[1:] - r01[:-1]).abs().mean(dim=(1, 2, 3)))
-            # (H, W): pixels whose every channel changes by at most 0.02 at every transition
+            # (H, W): pixels whose every channel changes by at most STILL_MAX at every transition
             still = ((g01[1:] - g01[:-1]).abs().amax(dim=(0, 1)) <= STILL_MAX).float()
             change_s.append(((r01[1:] - r01[:-1]).abs() * still).mean(dim=(1, 2, 3)))
             static.append(still.mean())
