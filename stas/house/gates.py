@@ -31,6 +31,7 @@ from . import DEFAULTS, world
 from .report import BOUNDARY, motion_rate, score_samples
 
 HELDOUT_SEED0 = 1_000_000_000 + 500_000  # beyond the trainers' held-out statistics seeds (1e9 + 7, + 99)
+PAIR_SEED0 = HELDOUT_SEED0 + 10_000  # the conditioning gate's clips (`conditioning`, `conditioning_ceiling`)
 
 
 def heldout_prompts(n: int = 64, seed0: int = HELDOUT_SEED0) -> list[str]:
@@ -92,7 +93,7 @@ def conditioning(pipe, variant: str, pairs: int = 16, t: float = 0.75, seed: int
 
     dev = pipe._execution_device
     tr = pipe.transformer
-    video, caps = world.ClipStream(start_seed=HELDOUT_SEED0 + 10_000, device="cpu").next(pairs)
+    video, caps = world.ClipStream(start_seed=PAIR_SEED0, device="cpu").next(pairs)
     vae = pipe.vae
     m, s = norm_stats(vae, vae.device)
     x0 = (vae_encode(vae, video.to(vae.device, vae.dtype), variant).float() - m) / s
@@ -139,7 +140,7 @@ def conditioning_ceiling(vae, variant: str, pairs: int = 16, t: float = 0.75, se
     Returns per-pair values (pairs with equal captions dropped, as `conditioning`), median and minimum."""
     from .train import norm_stats, vae_encode
 
-    seeds = list(range(HELDOUT_SEED0 + 10_000, HELDOUT_SEED0 + 10_000 + pairs))
+    seeds = list(range(PAIR_SEED0, PAIR_SEED0 + pairs))
     pa = world.sample_params(seeds)
     pb = world.sample_params(seeds[1:] + seeds[:1])  # b = the next clip's caption, as `conditioning`
     m, s = norm_stats(vae, vae.device)

@@ -100,9 +100,8 @@ STILL_MAX = 0.02  # a still pixel: no channel changes by more than this ([0, 1] 
 
 def still_mask(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, 1, H, W) float32: 1 on the pixels of clips ``x`` ((B, C, T, H, W), T > 1, in [-1, 1]) that
-    no channel changes by more than `STILL_MAX` ([0, 1] scale, so 2 * STILL_MAX here) at any transition:
-    `gate`'s still pixels."""
-    return ((x[:, :, 1:] - x[:, :, :-1]).abs().amax(dim=(1, 2), keepdim=True) <= 2 * STILL_MAX).float()
+    no channel changes by more than `STILL_MAX` ([0, 1] scale) at any transition: `gate`'s still pixels."""
+    return ((x[:, :, 1:] - x[:, :, :-1]).abs().amax(dim=(1, 2), keepdim=True) / 2 <= STILL_MAX).float()
 
 
 def recon_loss(rec, x, dt_weight=0.0, grad_weight=0.0, group=1, dt_first=1.0, dt_still=0.0):
@@ -602,8 +601,7 @@ def gate(vae, variant, clips=32, seed=EVAL_SEED0 + 99):
             ok_real += score_clip(g01, cap)["ok"]
             change_f.append((g01[1:] - g01[:-1]).abs().mean(dim=(1, 2, 3)))
             change_r.append((r01[1:] - r01[:-1]).abs().mean(dim=(1, 2, 3)))
-            # (H, W): pixels whose every channel changes by at most STILL_MAX at every transition
-            still = ((g01[1:] - g01[:-1]).abs().amax(dim=(0, 1)) <= STILL_MAX).float()
+            still = still_mask(real[b:b + 1]).cpu()[0, 0, 0]  # (H, W)
             change_s.append(((r01[1:] - r01[:-1]).abs() * still).mean(dim=(1, 2, 3)))
             static.append(still.mean())
             for ob in parse_prompt(cap):
