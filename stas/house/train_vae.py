@@ -454,7 +454,7 @@ def train(args):
                reset_ema=args.reset_ema, fresh_adamw=fresh_opt, freeze_encoder=args.freeze_encoder,
                device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
     last_eval = time.time()
-    while not stop and time.time() - t0 < args.minutes * 60:
+    while not stop and time.time() - t0 < args.minutes * 60 and (args.steps is None or state["step"] - n0 < args.steps):
         k = state["step"]
         lr = args.lr * min(1.0, (k - (n0 if fresh_opt else 0) + 1) / 100)  # warm-up for every new AdamW
         for g in opt.param_groups:
@@ -682,6 +682,8 @@ def main(argv=None):
     t = sub.add_parser("train")
     t.add_argument("--variant", choices=VARIANTS, default="causal")
     t.add_argument("--minutes", type=float, default=9.0)
+    t.add_argument("--steps", type=int, default=None, help="stop after this many steps of this run (or --minutes, "
+                   "whichever comes first): arms of an A/B compared at equal steps")
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--crop", type=int, default=64, help="spatial crop side in pixels (128: whole frames)")
     t.add_argument("--lr", type=float, default=1e-3)
