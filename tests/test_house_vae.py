@@ -348,3 +348,35 @@ def test_gate_static_excess_is_the_flicker_on_still_pixels():
     assert g1["static_fraction"] == pytest.approx(float(still.mean()), abs=1e-3)
     assert np.allclose(g1["static_excess"], want.numpy(), atol=1e-3)
     assert min(g1["static_excess"]) > 0.5  # a 0.01 flicker on still pixels is large against the real change
+
+
+def test_lr_at_cosine_and_warm_up_by_hand():
+    import math
+
+    from stas.house.train_vae import lr_at
+
+    assert lr_at(500, 1e-3) == 1e-3  # constant after warm-up
+    assert lr_at(9, 1e-3) == pytest.approx(1e-4)  # (9 + 1) / 100 of the way through the warm-up
+    assert lr_at(0, 1e-3, 1e-5, 1000, since_adamw=500) == pytest.approx(1e-3)
+    assert lr_at(500, 1e-3, 1e-5, 1000) == pytest.approx((1e-3 + 1e-5) / 2)  # the cosine's midpoint
+    assert lr_at(250, 1e-3, 0.0, 1000) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)) / 2)
+    assert lr_at(1000, 1e-3, 1e-5, 1000) == pytest.approx(1e-5) == lr_at(1500, 1e-3, 1e-5, 1000)
+    assert lr_at(50, 1e-3, 1e-5, 1000) == pytest.approx(lr_at(50, 1e-3, 1e-5, 1000, 5000) * 51 / 100)
+    with pytest.raises(ValueError, match="--steps"):
+        lr_at(0, 1e-3, 1e-5)
+
+
+def test_train_vae_stops_at_steps_and_records_the_schedule(tmp_path):
+    import json
+
+    from stas.house.train_vae import main
+
+    main(["train", "--variant", "causal", "--batch", "2", "--crop", "16", "--steps", "3", "--minutes", "5",
+          "--lr-end", "1e-5", "--ema-decay", "0.99", "--graph", "0", "--ckpt", str(tmp_path / "ck")])
+    state = json.loads((tmp_path / "ck" / "state.json").read_text())
+    assert state["step"] == 3
+    assert {k: state["runs"][-1][k] for k in ("start_step", "end_step", "lr_end", "ema_decay")} == dict(
+        start_step=0, end_step=3, lr_end=1e-5, ema_decay=0.99)
+    with pytest.raises(ValueError, match="--steps"):
+        main(["train", "--lr-end", "1e-5", "--ckpt", str(tmp_path / "ck2")])
+    assert not (tmp_path / "ck2").exists()  # refused before building anything

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import signal
 import time
 from pathlib import Path
@@ -302,6 +303,10 @@ class FusedRMSNormSiLU(nn.Module):
     def forward(self, x):
         global _norm_silu_compiled
         if _norm_silu_compiled is None:
+            # one code object serves every norm: 16 / 32 channels, first / later chunks, train / eval,
+            # channels-last or not. Past dynamo's default of 8 variants the 9th falls back to eager
+            # (measured 2026-11-30: three arms then took 48 GiB each, not 34, and the third ran out of memory).
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             _norm_silu_compiled = torch.compile(_norm_silu, dynamic=True)
         fn = _norm_silu_compiled if x.is_cuda else _norm_silu
         return fn(x, self.gamma, self.bias, self.scale, 1 if self.channel_first else -1)
@@ -407,7 +412,20 @@ def bench(args):
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
+def lr_at(i, lr, lr_end=None, steps=None, since_adamw=None):
+    """Learning rate of this run's step ``i`` (0-based): ``lr``, or with ``lr_end`` a cosine from ``lr``
+    at i = 0 to ``lr_end`` at i = ``steps``; times a linear warm-up over the first 100 steps of every
+    new AdamW (``since_adamw``: steps since it was made, default ``i``). Raises ValueError for
+    ``lr_end`` without ``steps``."""
+    if lr_end is not None:
+        if not steps:
+            raise ValueError("--lr-end needs --steps: the cosine runs over this run's steps")
+        lr = lr_end + (lr - lr_end) * (1 + math.cos(math.pi * min(i, steps) / steps)) / 2
+    return lr * min(1.0, ((i if since_adamw is None else since_adamw) + 1) / 100)
+
+
 def train(args):
+    lr_at(0, args.lr, args.lr_end, args.steps)  # --lr-end without --steps: fail before any GPU work
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     graph = bool(args.graph) and dev.type == "cuda"
     torch.backends.cudnn.benchmark = True
@@ -438,7 +456,7 @@ def train(args):
         raise ValueError("--dt-first weighs transitions of the causal variant's --dt term: give --dt too")
     if args.dt_still and args.variant != "causal":
         raise ValueError("--dt-still needs clips: the causal variant")
-    step = Step(vae, opt, ema, args.kl, graph, dt_weight=args.dt, group=group, grad_weight=args.grad,
+    step = Step(vae, opt, ema, args.kl, graph, ema_decay=args.ema_decay, dt_weight=args.dt, group=group, grad_weight=args.grad,
                 channels_last=bool(args.channels_last), dt_first=args.dt_first, dt_still=args.dt_still)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -448,7 +466,8 @@ def train(args):
         save_ckpt(ckpt, vae, ema, opt, state)
 
     t0, s0, n0 = time.time(), state["seconds"], state["step"]
-    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, kl=args.kl, dt=args.dt,
+    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, lr_end=args.lr_end, ema_decay=args.ema_decay,
+               kl=args.kl, dt=args.dt,
                dt_first=args.dt_first, dt_still=args.dt_still, still_frac=args.still_frac, grad=args.grad, graph=graph,
                fuse=bool(args.fuse), channels_last=bool(args.channels_last),
                reset_ema=args.reset_ema, fresh_adamw=fresh_opt, freeze_encoder=args.freeze_encoder,
@@ -456,7 +475,7 @@ def train(args):
     last_eval = time.time()
     while not stop and time.time() - t0 < args.minutes * 60 and (args.steps is None or state["step"] - n0 < args.steps):
         k = state["step"]
-        lr = args.lr * min(1.0, (k - (n0 if fresh_opt else 0) + 1) / 100)  # warm-up for every new AdamW
+        lr = lr_at(k - n0, args.lr, args.lr_end, args.steps, k - (n0 if fresh_opt else 0))
         for g in opt.param_groups:
             g["lr"].fill_(lr) if torch.is_tensor(g["lr"]) else g.__setitem__("lr", lr)
         mse, kl = step.run(data.next(), k)
@@ -687,6 +706,9 @@ def main(argv=None):
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--crop", type=int, default=64, help="spatial crop side in pixels (128: whole frames)")
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr-end", type=float, default=None, help="cosine decay of the learning rate from --lr to this "
+                   "over --steps (default: constant)")
+    t.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (warm-up min(decay, (1+n)/(10+n)))")
     t.add_argument("--res-blocks", type=int, default=None, help="num_res_blocks of AutoencoderKLWan (encoder n, "
                    "decoder n + 1 per stage; default: the checkpoint's or --init's, else models.VAE_CONFIG's 0)")
     t.add_argument("--kl", type=float, default=1e-4)
