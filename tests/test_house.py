@@ -250,6 +250,25 @@ def test_gates_conditioning_against_direct_velocities():
     assert res["pass"] == (res["median"] >= 0.10)
 
 
+def test_conditioning_crossover_shares_the_gate_and_a_caption_blind_model_reads_clip_a():
+    """Its relative L2 is the conditioning gate's (same clips, noise, t); with every caption encoded
+    the same (a model blind to its caption), the prediction for caption b is the one for caption a:
+    it reads clip a exactly as often, and the caption-b score falls to the chance level."""
+    from stas.house import load_pipeline
+    from stas.house.gates import conditioning, conditioning_crossover
+
+    _shipped("uniform")
+    pipe = load_pipeline("uniform", device="cpu")
+    res = conditioning_crossover(pipe, "uniform", ts=(0.75,), pairs=3, seed=5)[0.75]
+    assert res["rel_l2"] == pytest.approx(conditioning(pipe, "uniform", pairs=3, t=0.75, seed=5)["median"], abs=1e-6)
+    assert res["pairs"] == 3 and 0 < res["a_reads_a"] <= 1
+    enc = pipe.encode_prompt
+    pipe.encode_prompt = lambda prompts, **kw: enc(["a red square moving left"] * len(prompts), **kw)
+    blind = conditioning_crossover(pipe, "uniform", ts=(0.75,), pairs=3, seed=5)[0.75]
+    assert blind["rel_l2"] == 0.0
+    assert (blind["b_reads_a"], blind["b_reads_b"]) == (blind["a_reads_a"], blind["a_reads_b"])
+
+
 def test_named_swap_takes_only_what_the_caption_names():
     from stas.house.gates import HELDOUT_SEED0, named_swap
 

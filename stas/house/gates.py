@@ -12,7 +12,9 @@
   Also reported (not a gate): the same ratio along the pipeline's own denoising, at every step's
   timestep, for two captions and for caption vs the empty prompt (`conditioning_trajectory`), and the
   gate's ceiling on these pairs (`conditioning_ceiling`: a model that takes the colours and shapes a
-  caption names from the caption; ``python -m stas.house.gates ceiling`` measures it on a VAE alone).
+  caption names from the caption; ``python -m stas.house.gates ceiling`` measures it on a VAE alone),
+  and which one the model's clean-clip prediction follows, caption or latents, from t = 0.95 to 0.6
+  (`conditioning_crossover`, ``python -m stas.house.gates crossover``).
 * Gates 3-4, massive activations (`massive`): the pipeline's own denoising runs recorded by
   `stas.study.record_blocks`; MA channels by `stas.find_massive`; per block at the first step both
   ratios (peak/median as Sun et al., peak/mean as the paper; `stas.massive`); the position classes of
@@ -81,6 +83,34 @@ def samples(pipe, variant: str, n: int = 64, seed: int = 0, progress: bool = Tru
     return res
 
 
+def _caption_pairs(pipe, variant: str, pairs: int, seed: int):
+    """The conditioning pairs: ``pairs`` held-out clips (seeds ``PAIR_SEED0 ...``) encoded by the
+    pipeline's VAE (posterior mode) and normalised as in training -> ``x0`` (CPU, float32); one seeded
+    ``eps`` of its shape; caption a = the clip's, b = the next clip's, encoded (``ea``, ``eb``); ``keep``:
+    the pairs whose captions differ. Returns a dict of those plus ``caps`` and ``other``."""
+    from .train import norm_stats, vae_encode
+
+    video, caps = world.ClipStream(start_seed=PAIR_SEED0, device="cpu").next(pairs)
+    vae, tr = pipe.vae, pipe.transformer
+    m, s = norm_stats(vae, vae.device)
+    x0 = ((vae_encode(vae, video.to(vae.device, vae.dtype), variant).float() - m) / s).cpu()
+    eps = torch.randn(x0.shape, generator=torch.Generator(device="cpu").manual_seed(seed))
+    other = caps[1:] + caps[:1]
+    kw = dict(do_classifier_free_guidance=False, max_sequence_length=DEFAULTS[variant]["max_sequence_length"],
+              device=pipe._execution_device, dtype=tr.dtype)
+    return dict(x0=x0, eps=eps, caps=caps, other=other, ea=pipe.encode_prompt(caps, **kw)[0],
+                eb=pipe.encode_prompt(other, **kw)[0], keep=np.array([a != b for a, b in zip(caps, other)]))
+
+
+def _velocities(pipe, p: dict, t: float):
+    """(x_t, v_a, v_b): ``x_t = (1 - t) x0 + t eps`` of `_caption_pairs` ``p`` and the transformer's
+    velocities for captions a and b at timestep ``1000 t`` (float32, on the pipeline's device)."""
+    tr, dev = pipe.transformer, pipe._execution_device
+    xt = ((1 - t) * p["x0"] + t * p["eps"]).to(dev, tr.dtype)
+    ts = torch.full((len(xt),), 1000.0 * t, device=dev)
+    return xt, *(tr(xt, ts, e, return_dict=False)[0].float() for e in (p["ea"], p["eb"]))
+
+
 @torch.no_grad()
 def conditioning(pipe, variant: str, pairs: int = 16, t: float = 0.75, seed: int = 0) -> dict:
     """Gate 2 (conditioning): relative L2 between velocities for two captions, same noisy latents.
@@ -89,28 +119,48 @@ def conditioning(pipe, variant: str, pairs: int = 16, t: float = 0.75, seed: int
     with its ``latents_mean``/``latents_std`` as in training, noised to ``x_t = (1 - t) x_0 + t eps``
     (one seeded ``eps``), timestep ``1000 t``. Prompt a = the clip's caption, b = the next clip's caption.
     Returns per-pair values, their median and minimum, and ``pass`` (median >= 0.10)."""
-    from .train import norm_stats, vae_encode
-
-    dev = pipe._execution_device
-    tr = pipe.transformer
-    video, caps = world.ClipStream(start_seed=PAIR_SEED0, device="cpu").next(pairs)
-    vae = pipe.vae
-    m, s = norm_stats(vae, vae.device)
-    x0 = (vae_encode(vae, video.to(vae.device, vae.dtype), variant).float() - m) / s
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    xt = ((1 - t) * x0.cpu() + t * torch.randn(x0.shape, generator=g)).to(dev, tr.dtype)
-    other = caps[1:] + caps[:1]
-    kw = dict(do_classifier_free_guidance=False, max_sequence_length=DEFAULTS[variant]["max_sequence_length"],
-              device=dev, dtype=tr.dtype)
-    ea, eb = pipe.encode_prompt(caps, **kw)[0], pipe.encode_prompt(other, **kw)[0]
-    ts = torch.full((pairs,), 1000.0 * t, device=dev)
-    va = tr(xt, ts, ea, return_dict=False)[0].float()
-    vb = tr(xt, ts, eb, return_dict=False)[0].float()
-    rel = ((va - vb).flatten(1).norm(dim=1) / va.flatten(1).norm(dim=1)).cpu().numpy()
-    same = [a == b for a, b in zip(caps, other)]
-    rel = rel[~np.array(same)]
+    p = _caption_pairs(pipe, variant, pairs, seed)
+    _, va, vb = _velocities(pipe, p, t)
+    rel = ((va - vb).flatten(1).norm(dim=1) / va.flatten(1).norm(dim=1)).cpu().numpy()[p["keep"]]
     return dict(t=t, pairs=len(rel), rel_l2=[round(float(r), 4) for r in rel], median=float(np.median(rel)),
                 min=float(rel.min()), **{"pass": bool(np.median(rel) >= 0.10)})
+
+
+@torch.no_grad()
+def conditioning_crossover(pipe, variant: str, ts=(0.95, 0.9, 0.875, 0.8, 0.75, 0.6), pairs: int = 16,
+                           seed: int = 0) -> dict:
+    """Which one the transformer's clean-clip prediction follows, caption or latents, at each ``t`` of
+    ``ts``: on the pairs of `conditioning` (same clips, noise), ``x0_hat = x_t - t v`` for caption a and
+    for caption b, decoded by the pipeline's VAE and scored by `detect.score_clip`. Returns per ``t``
+    (rounded to 3 digits) the median relative L2 of `conditioning` and three fractions of the pairs whose
+    captions differ (every named object's colour and shape recognised): ``a_reads_a`` (the prediction
+    for caption a against caption a: how legible the predictions are at all), ``b_reads_b`` (the
+    prediction for caption b follows caption b) and ``b_reads_a`` (it follows the latents, clip a).
+    The two captions can name the same colour and shape, so ``a_reads_b`` is reported as the chance level."""
+    from .detect import score_clip
+    from .train import norm_stats
+
+    p = _caption_pairs(pipe, variant, pairs, seed)
+    vae = pipe.vae
+    m, s = norm_stats(vae, vae.device)
+    idx = np.flatnonzero(p["keep"])
+
+    def decode(z):  # normalised latents -> (B, F, 3, H, W) in [0, 1], as score_clip reads frames
+        v = vae.decode((z.to(vae.device, vae.dtype) * s + m).to(vae.dtype)).sample.float().clamp(-1, 1)
+        return ((v + 1) / 2).permute(0, 2, 1, 3, 4).cpu().numpy()
+
+    def reads(video, caps):
+        return float(np.mean([score_clip(video[i], caps[i])["ok"] for i in idx]))
+
+    out = {}
+    for t in ts:
+        xt, va, vb = _velocities(pipe, p, t)
+        rel = ((va - vb).flatten(1).norm(dim=1) / va.flatten(1).norm(dim=1)).cpu().numpy()[p["keep"]]
+        xa, xb = decode(xt.float() - t * va), decode(xt.float() - t * vb)
+        out[round(float(t), 3)] = dict(rel_l2=float(np.median(rel)), a_reads_a=reads(xa, p["caps"]),
+                                       a_reads_b=reads(xa, p["other"]), b_reads_b=reads(xb, p["other"]),
+                                       b_reads_a=reads(xb, p["caps"]), pairs=len(idx))
+    return out
 
 
 def named_swap(pa: world.ClipParams, pb: world.ClipParams) -> world.ClipParams:
@@ -250,23 +300,29 @@ def run_gates(pipe, variant: str, n_samples: int = 64, n_ma_prompts: int = 8, pa
 
 def main(argv=None):
     """``python -m stas.house.gates ceiling --variant causal [--root data/house] [--json F]``: the
-    conditioning gate's ceiling (`conditioning_ceiling`) on a shipped VAE alone (CPU, seconds)."""
+    conditioning gate's ceiling (`conditioning_ceiling`) on a shipped VAE alone (CPU, seconds);
+    ``python -m stas.house.gates crossover --variant causal``: `conditioning_crossover` on the shipped
+    pipeline (2-core CPU, ~6 min)."""
     import argparse
     import json
 
     from diffusers import AutoencoderKLWan
 
-    from . import VARIANTS, variant_dir
+    from . import VARIANTS, load_pipeline, variant_dir
 
     ap = argparse.ArgumentParser(prog="python -m stas.house.gates")
-    ap.add_argument("what", choices=["ceiling"])
+    ap.add_argument("what", choices=["ceiling", "crossover"])
     ap.add_argument("--variant", choices=VARIANTS, default="causal")
     ap.add_argument("--root", default=None, help="folder with <variant>/vae (default data/house)")
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--json", default=None, help="write the result here (default: print only)")
     a = ap.parse_args(argv)
-    vae = AutoencoderKLWan.from_pretrained(str(variant_dir(a.variant, a.root) / "vae"), dtype=torch.float32).eval()
-    res = dict(variant=a.variant, **conditioning_ceiling(vae, a.variant, a.pairs))
+    if a.what == "ceiling":
+        vae = AutoencoderKLWan.from_pretrained(str(variant_dir(a.variant, a.root) / "vae"), dtype=torch.float32).eval()
+        res = dict(variant=a.variant, **conditioning_ceiling(vae, a.variant, a.pairs))
+    else:
+        pipe = load_pipeline(a.variant, root=a.root)
+        res = dict(variant=a.variant, crossover=conditioning_crossover(pipe, a.variant, pairs=a.pairs))
     print(json.dumps(res))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

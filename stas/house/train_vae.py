@@ -304,8 +304,9 @@ class FusedRMSNormSiLU(nn.Module):
         global _norm_silu_compiled
         if _norm_silu_compiled is None:
             # one code object serves every norm: 16 / 32 channels, first / later chunks, train / eval,
-            # channels-last or not. Past dynamo's default of 8 variants the 9th falls back to eager
-            # (measured 2026-11-30: three arms then took 48 GiB each, not 34, and the third ran out of memory).
+            # channels-last or not: 8 guard variants in a training step, 15 with the held-out eval (CPU
+            # count, 2026-11-30). Past dynamo's default limit of 8 the rest ran eager: three GPU arms
+            # then took 48 GiB each, not 34, and the third ran out of memory.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             _norm_silu_compiled = torch.compile(_norm_silu, dynamic=True)
         fn = _norm_silu_compiled if x.is_cuda else _norm_silu
@@ -456,8 +457,9 @@ def train(args):
         raise ValueError("--dt-first weighs transitions of the causal variant's --dt term: give --dt too")
     if args.dt_still and args.variant != "causal":
         raise ValueError("--dt-still needs clips: the causal variant")
-    step = Step(vae, opt, ema, args.kl, graph, ema_decay=args.ema_decay, dt_weight=args.dt, group=group, grad_weight=args.grad,
-                channels_last=bool(args.channels_last), dt_first=args.dt_first, dt_still=args.dt_still)
+    step = Step(vae, opt, ema, args.kl, graph, ema_decay=args.ema_decay, dt_weight=args.dt, group=group,
+                grad_weight=args.grad, channels_last=bool(args.channels_last), dt_first=args.dt_first,
+                dt_still=args.dt_still)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
@@ -466,14 +468,15 @@ def train(args):
         save_ckpt(ckpt, vae, ema, opt, state)
 
     t0, s0, n0 = time.time(), state["seconds"], state["step"]
-    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, lr_end=args.lr_end, ema_decay=args.ema_decay,
-               kl=args.kl, dt=args.dt,
-               dt_first=args.dt_first, dt_still=args.dt_still, still_frac=args.still_frac, grad=args.grad, graph=graph,
+    run = dict(start_step=n0, batch=args.batch, crop=args.crop, lr=args.lr, lr_end=args.lr_end,
+               ema_decay=args.ema_decay, kl=args.kl, dt=args.dt, dt_first=args.dt_first, dt_still=args.dt_still,
+               still_frac=args.still_frac, grad=args.grad, graph=graph,
                fuse=bool(args.fuse), channels_last=bool(args.channels_last),
                reset_ema=args.reset_ema, fresh_adamw=fresh_opt, freeze_encoder=args.freeze_encoder,
                device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
     last_eval = time.time()
-    while not stop and time.time() - t0 < args.minutes * 60 and (args.steps is None or state["step"] - n0 < args.steps):
+    while (not stop and time.time() - t0 < args.minutes * 60
+           and (args.steps is None or state["step"] - n0 < args.steps)):
         k = state["step"]
         lr = lr_at(k - n0, args.lr, args.lr_end, args.steps, k - (n0 if fresh_opt else 0))
         for g in opt.param_groups:
