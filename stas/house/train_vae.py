@@ -688,6 +688,65 @@ def gate_cli(args):
         Path(args.json).write_text(json.dumps(res, indent=1))
 
 
+GATE_KEYS = ("psnr", "detector_ok", "detector_ok_real", "change_dev_first", "change_dev_seams", "change_dev_within",
+             "speed_ratio", "change_ratio", "static_excess", "decode_s")
+
+
+def ab(args):
+    """An A/B: one ``train`` process per arm, all at once (they share the device), then per arm its EMA
+    and its live weights exported (as ``export --weights ema / model``, ``--export-clips`` clips) and
+    gated on ``--gate-clips`` held-out clips.
+    Arms are ``NAME=FLAGS`` (``FLAGS`` added to ``--common``); each writes ``--out/NAME/{ckpt, ema,
+    live}`` and ``train.log``. Results go under ``arms`` in ``--json``, whose other keys (the rule
+    written before the run) are kept. Raises ValueError for repeated arm names and RuntimeError, naming
+    the arms and their logs, when a training process fails (the rest still finish)."""
+    import shlex
+    import subprocess
+    import sys
+
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import load_file
+
+    arms = dict(a.split("=", 1) for a in args.arm)
+    if len(arms) != len(args.arm):
+        raise ValueError(f"arm names repeat: {[a.split('=', 1)[0] for a in args.arm]}")
+    out, py = Path(args.out), [sys.executable, "-m", "stas.house.train_vae"]
+    procs = {}
+    for name, flags in arms.items():
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        cmd = py + ["train", "--variant", args.variant, *shlex.split(args.common), *shlex.split(flags),
+                    "--ckpt", str(d / "ckpt")]
+        with open(d / "train.log", "w") as f:
+            procs[name] = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        log(f"ab: started {name}: {shlex.join(cmd[3:])}")
+    failed = [n for n, p in procs.items() if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"arms {failed} failed: see {[str(out / n / 'train.log') for n in failed]}")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    res = {}
+    for name, flags in arms.items():
+        d = out / name
+        state = json.loads((d / "ckpt" / "state.json").read_text())
+        for w, folder in (("ema", "ema"), ("model", "live")):
+            export(load_file(str(d / "ckpt" / f"{w}.safetensors"), device=str(dev)), args.variant, d / folder, state,
+                   dev, clips=args.export_clips, name=w)
+        run = state["runs"][-1]
+        res[name] = dict(flags=flags, start_step=run["start_step"], end_step=run["end_step"], minutes=run["minutes"])
+        for w in ("ema", "live"):
+            vae = AutoencoderKLWan.from_pretrained(str(d / w / args.variant / "vae"), dtype=torch.float32).to(dev).eval()
+            g = gate(vae, args.variant, args.gate_clips)
+            res[name][f"gate_{w}"] = {k: g[k] for k in GATE_KEYS if k in g}
+            log(f"ab: {name} {w}: " + json.dumps({k: g.get(k) for k in GATE_KEYS[:6]}))
+    if args.json:
+        f = Path(args.json)
+        doc = json.loads(f.read_text()) if f.exists() else {}
+        doc.update(arms=res, common=args.common, gate_clips=args.gate_clips,
+                   device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
+        f.write_text(json.dumps(doc, indent=1))
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m stas.house.train_vae")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -748,8 +807,18 @@ def main(argv=None):
     g.add_argument("--vae", required=True, help="save_pretrained folder of the VAE")
     g.add_argument("--clips", type=int, default=32)
     g.add_argument("--json", default=None)
+    a = sub.add_parser("ab", help="an A/B: arms trained side by side, then their EMA and live weights gated")
+    a.add_argument("--variant", choices=VARIANTS, default="causal")
+    a.add_argument("--arm", action="append", required=True, help='NAME="FLAGS" (repeat): flags of one arm')
+    a.add_argument("--common", default="", help="train flags of every arm, e.g. \"--init data/house/causal "
+                   "--freeze-encoder --dt 4 --steps 1000\"")
+    a.add_argument("--out", required=True, help="folder for the arms' checkpoints, exports and logs (under runs/)")
+    a.add_argument("--gate-clips", type=int, default=16)
+    a.add_argument("--export-clips", type=int, default=64, help="held-out clips for each export's PSNR and latent "
+                   "statistics (as train --export)")
+    a.add_argument("--json", default=None, help="A/B record to update (e.g. data/house/vae_<name>_ab.json)")
     args = ap.parse_args(argv)
-    {"bench": bench, "train": train, "export": export_ckpt, "gate": gate_cli}[args.cmd](args)
+    return {"bench": bench, "train": train, "export": export_ckpt, "gate": gate_cli, "ab": ab}[args.cmd](args)
 
 
 if __name__ == "__main__":
