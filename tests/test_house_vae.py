@@ -404,5 +404,10 @@ def test_train_vae_ab_gates_each_arm_ema_and_live_and_keeps_the_rule(tmp_path):
         live = load_file(str(tmp_path / "runs" / name / "live" / "causal" / "vae" / "diffusion_pytorch_model.safetensors"))
         trained = load_file(str(tmp_path / "runs" / name / "ckpt" / "model.safetensors"))
         assert all(torch.equal(live[k], trained[k]) for k in trained)
+    assert doc["equal_steps"] is True
     with pytest.raises(ValueError, match="repeat"):
         main(["ab", "--arm", "a=", "--arm", "a=--dt 1", "--out", str(tmp_path / "r2")])
+    with pytest.raises(ValueError, match="NAME=FLAGS"):
+        main(["ab", "--arm", "--dt 1", "--out", str(tmp_path / "r2")])
+    with pytest.raises(ValueError, match="already have a checkpoint"):  # train would resume, not restart
+        main(["ab", "--arm", "a=", "--out", str(tmp_path / "runs")])

@@ -103,8 +103,9 @@ def _caption_pairs(pipe, variant: str, pairs: int, seed: int):
 
 
 def _velocities(pipe, p: dict, t: float):
-    """(x_t, v_a, v_b): ``x_t = (1 - t) x0 + t eps`` of `_caption_pairs` ``p`` and the transformer's
-    velocities for captions a and b at timestep ``1000 t`` (float32, on the pipeline's device)."""
+    """(x_t, v_a, v_b): ``x_t = (1 - t) x0 + t eps`` of `_caption_pairs` ``p`` (the transformer's dtype)
+    and the transformer's velocities for captions a and b at timestep ``1000 t`` (float32), all on the
+    pipeline's device, (pairs, C, F', H', W')."""
     tr, dev = pipe.transformer, pipe._execution_device
     xt = ((1 - t) * p["x0"] + t * p["eps"]).to(dev, tr.dtype)
     ts = torch.full((len(xt),), 1000.0 * t, device=dev)
@@ -132,11 +133,12 @@ def conditioning_crossover(pipe, variant: str, ts=(0.95, 0.9, 0.875, 0.8, 0.75, 
     """Which one the transformer's clean-clip prediction follows, caption or latents, at each ``t`` of
     ``ts``: on the pairs of `conditioning` (same clips, noise), ``x0_hat = x_t - t v`` for caption a and
     for caption b, decoded by the pipeline's VAE and scored by `detect.score_clip`. Returns per ``t``
-    (rounded to 3 digits) the median relative L2 of `conditioning` and three fractions of the pairs whose
-    captions differ (every named object's colour and shape recognised): ``a_reads_a`` (the prediction
-    for caption a against caption a: how legible the predictions are at all), ``b_reads_b`` (the
-    prediction for caption b follows caption b) and ``b_reads_a`` (it follows the latents, clip a).
-    The two captions can name the same colour and shape, so ``a_reads_b`` is reported as the chance level."""
+    (rounded to 3 digits) ``rel_l2``, the median relative L2 of `conditioning`; ``pairs``, those whose
+    captions differ; and four fractions of them (every named object's colour and shape recognised):
+    ``a_reads_a`` (the prediction for caption a against caption a: how legible predictions are at all),
+    ``b_reads_b`` (the prediction for caption b follows caption b), ``b_reads_a`` (it follows the
+    latents, clip a) and ``a_reads_b`` (the prediction for caption a read as caption b: the chance
+    level, since two captions can name the same colours and shapes)."""
     from .detect import score_clip
     from .train import norm_stats
 

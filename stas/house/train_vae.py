@@ -307,7 +307,9 @@ class FusedRMSNormSiLU(nn.Module):
             # channels-last or not: 8 guard variants in a training step, 15 with the held-out eval (CPU
             # count, 2026-11-30). Past dynamo's default limit of 8 the rest ran eager: three GPU arms
             # then took 48 GiB each, not 34, and the third ran out of memory.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            cfg = torch._dynamo.config
+            key = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+            setattr(cfg, key, max(getattr(cfg, key), 64))
             _norm_silu_compiled = torch.compile(_norm_silu, dynamic=True)
         fn = _norm_silu_compiled if x.is_cuda else _norm_silu
         return fn(x, self.gamma, self.bias, self.scale, 1 if self.channel_first else -1)
@@ -698,8 +700,11 @@ def ab(args):
     gated on ``--gate-clips`` held-out clips.
     Arms are ``NAME=FLAGS`` (``FLAGS`` added to ``--common``); each writes ``--out/NAME/{ckpt, ema,
     live}`` and ``train.log``. Results go under ``arms`` in ``--json``, whose other keys (the rule
-    written before the run) are kept. Raises ValueError for repeated arm names and RuntimeError, naming
-    the arms and their logs, when a training process fails (the rest still finish)."""
+    written before the run) are kept; ``equal_steps`` says whether every arm ran the same number of
+    steps (a warning is logged when not). Raises ValueError for an arm without ``NAME=``, repeated
+    names or an arm that already has a checkpoint under ``--out`` (train would resume it), and
+    RuntimeError, naming the arms and their logs, when a training process fails (the rest still
+    finish); interrupted, it terminates the trainers it started."""
     import shlex
     import subprocess
     import sys
@@ -707,20 +712,31 @@ def ab(args):
     from diffusers import AutoencoderKLWan
     from safetensors.torch import load_file
 
+    if any("=" not in a or not a.split("=", 1)[0] for a in args.arm):
+        raise ValueError(f"each --arm is NAME=FLAGS with a name: {args.arm}")
     arms = dict(a.split("=", 1) for a in args.arm)
     if len(arms) != len(args.arm):
         raise ValueError(f"arm names repeat: {[a.split('=', 1)[0] for a in args.arm]}")
     out, py = Path(args.out), [sys.executable, "-m", "stas.house.train_vae"]
+    done = [n for n in arms if (out / n / "ckpt" / "state.json").exists()]
+    if done:  # train would resume them: another --steps on top, and the record overwritten
+        raise ValueError(f"arms {done} already have a checkpoint under {out}: give a new --out")
     procs = {}
-    for name, flags in arms.items():
-        d = out / name
-        d.mkdir(parents=True, exist_ok=True)
-        cmd = py + ["train", "--variant", args.variant, *shlex.split(args.common), *shlex.split(flags),
-                    "--ckpt", str(d / "ckpt")]
-        with open(d / "train.log", "w") as f:
-            procs[name] = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        log(f"ab: started {name}: {shlex.join(cmd[3:])}")
-    failed = [n for n, p in procs.items() if p.wait() != 0]
+    try:
+        for name, flags in arms.items():
+            d = out / name
+            d.mkdir(parents=True, exist_ok=True)
+            cmd = py + ["train", "--variant", args.variant, *shlex.split(args.common), *shlex.split(flags),
+                        "--ckpt", str(d / "ckpt")]
+            with open(d / "train.log", "w") as f:
+                procs[name] = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+            log(f"ab: started {name}: {shlex.join(cmd[3:])}")
+        failed = [n for n, p in procs.items() if p.wait() != 0]
+    finally:  # interrupted: no orphaned trainers (SIGTERM: each saves its checkpoint)
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
     if failed:
         raise RuntimeError(f"arms {failed} failed: see {[str(out / n / 'train.log') for n in failed]}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -738,11 +754,14 @@ def ab(args):
             g = gate(vae, args.variant, args.gate_clips)
             res[name][f"gate_{w}"] = {k: g[k] for k in GATE_KEYS if k in g}
             log(f"ab: {name} {w}: " + json.dumps({k: g.get(k) for k in GATE_KEYS[:6]}))
+    steps = {n: r["end_step"] - r["start_step"] for n, r in res.items()}
+    if len(set(steps.values())) > 1:
+        log(f"ab: WARNING the arms ran unequal steps {steps} (--minutes ran out first?): compare with care")
     if args.json:
         f = Path(args.json)
         doc = json.loads(f.read_text()) if f.exists() else {}
         doc.update(arms=res, common=args.common, gate_clips=args.gate_clips,
-                   device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
+                   equal_steps=len(set(steps.values())) == 1, device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
         f.write_text(json.dumps(doc, indent=1))
     return res
 
