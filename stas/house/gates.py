@@ -87,7 +87,8 @@ def _caption_pairs(pipe, variant: str, pairs: int, seed: int):
     """The conditioning pairs: ``pairs`` held-out clips (seeds ``PAIR_SEED0 ...``) encoded by the
     pipeline's VAE (posterior mode) and normalised as in training -> ``x0`` (CPU, float32); one seeded
     ``eps`` of its shape; caption a = the clip's, b = the next clip's, encoded (``ea``, ``eb``); ``keep``:
-    the pairs whose captions differ. Returns a dict of those plus ``caps`` and ``other``."""
+    the pairs whose captions differ. Returns a dict of those plus ``caps``, ``other`` and the VAE's
+    normalisation ``m``, ``s`` (`train.norm_stats`, on its device)."""
     from .train import norm_stats, vae_encode
 
     video, caps = world.ClipStream(start_seed=PAIR_SEED0, device="cpu").next(pairs)
@@ -98,18 +99,21 @@ def _caption_pairs(pipe, variant: str, pairs: int, seed: int):
     other = caps[1:] + caps[:1]
     kw = dict(do_classifier_free_guidance=False, max_sequence_length=DEFAULTS[variant]["max_sequence_length"],
               device=pipe._execution_device, dtype=tr.dtype)
-    return dict(x0=x0, eps=eps, caps=caps, other=other, ea=pipe.encode_prompt(caps, **kw)[0],
+    return dict(x0=x0, eps=eps, caps=caps, other=other, m=m, s=s, ea=pipe.encode_prompt(caps, **kw)[0],
                 eb=pipe.encode_prompt(other, **kw)[0], keep=np.array([a != b for a, b in zip(caps, other)]))
 
 
 def _velocities(pipe, p: dict, t: float):
-    """(x_t, v_a, v_b): ``x_t = (1 - t) x0 + t eps`` of `_caption_pairs` ``p`` (the transformer's dtype)
-    and the transformer's velocities for captions a and b at timestep ``1000 t`` (float32), all on the
-    pipeline's device, (pairs, C, F', H', W')."""
+    """(x_t, v_a, v_b, rel): ``x_t = (1 - t) x0 + t eps`` of `_caption_pairs` ``p`` (the transformer's
+    dtype), the transformer's velocities for captions a and b at timestep ``1000 t`` (float32), all on
+    the pipeline's device, (pairs, C, F', H', W'); ``rel``: ``||v_a - v_b|| / ||v_a||`` of the ``keep``
+    pairs (numpy)."""
     tr, dev = pipe.transformer, pipe._execution_device
     xt = ((1 - t) * p["x0"] + t * p["eps"]).to(dev, tr.dtype)
     ts = torch.full((len(xt),), 1000.0 * t, device=dev)
-    return xt, *(tr(xt, ts, e, return_dict=False)[0].float() for e in (p["ea"], p["eb"]))
+    va, vb = (tr(xt, ts, e, return_dict=False)[0].float() for e in (p["ea"], p["eb"]))
+    rel = ((va - vb).flatten(1).norm(dim=1) / va.flatten(1).norm(dim=1)).cpu().numpy()[p["keep"]]
+    return xt, va, vb, rel
 
 
 @torch.no_grad()
@@ -120,9 +124,7 @@ def conditioning(pipe, variant: str, pairs: int = 16, t: float = 0.75, seed: int
     with its ``latents_mean``/``latents_std`` as in training, noised to ``x_t = (1 - t) x_0 + t eps``
     (one seeded ``eps``), timestep ``1000 t``. Prompt a = the clip's caption, b = the next clip's caption.
     Returns per-pair values, their median and minimum, and ``pass`` (median >= 0.10)."""
-    p = _caption_pairs(pipe, variant, pairs, seed)
-    _, va, vb = _velocities(pipe, p, t)
-    rel = ((va - vb).flatten(1).norm(dim=1) / va.flatten(1).norm(dim=1)).cpu().numpy()[p["keep"]]
+    rel = _velocities(pipe, _caption_pairs(pipe, variant, pairs, seed), t)[3]
     return dict(t=t, pairs=len(rel), rel_l2=[round(float(r), 4) for r in rel], median=float(np.median(rel)),
                 min=float(rel.min()), **{"pass": bool(np.median(rel) >= 0.10)})
 
@@ -140,15 +142,13 @@ def conditioning_crossover(pipe, variant: str, ts=(0.95, 0.9, 0.875, 0.8, 0.75, 
     latents, clip a) and ``a_reads_b`` (the prediction for caption a read as caption b: the chance
     level, since two captions can name the same colours and shapes)."""
     from .detect import score_clip
-    from .train import norm_stats
 
     p = _caption_pairs(pipe, variant, pairs, seed)
     vae = pipe.vae
-    m, s = norm_stats(vae, vae.device)
     idx = np.flatnonzero(p["keep"])
 
     def decode(z):  # normalised latents -> (B, F, 3, H, W) in [0, 1], as score_clip reads frames
-        v = vae.decode((z.to(vae.device, vae.dtype) * s + m).to(vae.dtype)).sample.float().clamp(-1, 1)
+        v = vae.decode((z.to(vae.device).float() * p["s"] + p["m"]).to(vae.dtype)).sample.float().clamp(-1, 1)
         return ((v + 1) / 2).permute(0, 2, 1, 3, 4).cpu().numpy()
 
     def reads(video, caps):
@@ -156,8 +156,7 @@ def conditioning_crossover(pipe, variant: str, ts=(0.95, 0.9, 0.875, 0.8, 0.75, 
 
     out = {}
     for t in ts:
-        xt, va, vb = _velocities(pipe, p, t)
-        rel = ((va - vb).flatten(1).norm(dim=1) / va.flatten(1).norm(dim=1)).cpu().numpy()[p["keep"]]
+        xt, va, vb, rel = _velocities(pipe, p, t)
         xa, xb = decode(xt.float() - t * va), decode(xt.float() - t * vb)
         out[round(float(t), 3)] = dict(rel_l2=float(np.median(rel)), a_reads_a=reads(xa, p["caps"]),
                                        a_reads_b=reads(xa, p["other"]), b_reads_b=reads(xb, p["other"]),
@@ -304,7 +303,7 @@ def main(argv=None):
     """``python -m stas.house.gates ceiling --variant causal [--root data/house] [--json F]``: the
     conditioning gate's ceiling (`conditioning_ceiling`) on a shipped VAE alone (CPU, seconds);
     ``python -m stas.house.gates crossover --variant causal``: `conditioning_crossover` on the shipped
-    pipeline (2-core CPU, ~6 min)."""
+    pipeline (2-core CPU, 3-6 min)."""
     import argparse
     import json
 

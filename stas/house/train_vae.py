@@ -15,11 +15,13 @@ capture" recipe). ``bench`` times the step for a list of settings and prints the
 ``train`` resumes from ``--ckpt`` (model, EMA, AdamW state, data-stream position, cumulative history);
 without one it starts from ``--init`` (an earlier export and its report) or fresh. ``--dt`` adds an L1
 loss on frame-to-frame change (reconstruction's minus input's) against flicker (``--dt-first``: its
-share over transitions; ``--dt-still``: a term on the input's still pixels alone; ``--still-frac``: still
-clips in the batch); ``--freeze-encoder``
-trains the decoder alone (pass it on every run that should keep the latent space). ``--export``
-writes the EMA weights with latent statistics from held-out clips (``save_pretrained``, safetensors)
-and ``vae_report.json`` (held-out PSNR per frame); ``gate`` measures issue 8's gate 1.
+share over transitions; ``--dt-still``: a term on the input's still pixels alone; ``--still-frac``:
+still clips in the batch); ``--freeze-encoder`` trains the decoder alone (pass it on every run that
+should keep the latent space); ``--steps`` stops a run at a step count and ``--lr-end`` decays the
+learning rate over it (cosine). ``--export`` writes the EMA weights with latent statistics from
+held-out clips (``save_pretrained``, safetensors) and ``vae_report.json`` (held-out PSNR per frame);
+``gate`` measures issue 8's gate 1; ``ab`` trains an A/B's arms side by side and gates each arm's EMA
+and live weights.
 """
 from __future__ import annotations
 
@@ -761,7 +763,8 @@ def ab(args):
         f = Path(args.json)
         doc = json.loads(f.read_text()) if f.exists() else {}
         doc.update(arms=res, common=args.common, gate_clips=args.gate_clips,
-                   equal_steps=len(set(steps.values())) == 1, device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
+                   equal_steps=len(set(steps.values())) == 1,
+                   device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
         f.write_text(json.dumps(doc, indent=1))
     return res
 
