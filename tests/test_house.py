@@ -36,6 +36,19 @@ def test_ground_truth_matches_detector():
     assert n_checked >= 30
 
 
+def test_score_clip_shape_tie_goes_to_the_shape_seen_first(monkeypatch):
+    """Two shapes seen equally often: the one seen first wins, in every process (the old max over a set
+    broke the tie by string hash order, which PYTHONHASHSEED changes from run to run)."""
+    import stas.house.detect as d
+
+    video = torch.zeros(4, 3, 8, 8)
+    for order in (["triangle", "square", "square", "triangle"], ["square", "triangle", "triangle", "square"]):
+        fake = [dict(present=True, shape=s, centroid=(4.0, 4.0)) for s in order]
+        monkeypatch.setattr(d, "detect", lambda video, colour, masks=None: fake)
+        ob = d.score_clip(video, "a red square stays still")["objects"][0]
+        assert ob["shape"] == order[0] and ob["shape_ok"] == (order[0] == "square")
+
+
 def test_motion_and_parse():
     objs = world.parse_prompt("a white square moves right past a red circle")
     assert objs == [dict(colour="white", shape="square", motion="right"),

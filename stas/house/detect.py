@@ -8,6 +8,8 @@ triangle ~0.5).
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 
@@ -87,7 +89,7 @@ def score_clip(video, prompt: str, persist_frac: float = 0.8):
     """Score a clip against its prompt, per named object and overall.
 
     Per object: ``colour_frac`` (frames where the colour is present), ``shape`` (majority guess over
-    present frames), ``shape_ok``, ``persists`` (present in >= persist_frac of frames, and no gap
+    present frames; a tie goes to the shape seen first), ``shape_ok``, ``persists`` (present in >= persist_frac of frames, and no gap
     longer than 3 frames), ``motion_ok`` (net centroid motion agrees with the named motion, >= 8 px
     for left/right/up/down, < 8 px for still; None when unknowable). Overall ``ok``: every named
     object's colour is present (in >= half the frames) with the right shape; ``persist_ok``: all persist.
@@ -100,7 +102,9 @@ def score_clip(video, prompt: str, persist_frac: float = 0.8):
         pres = np.array([d["present"] for d in det])
         frac = float(pres.mean()) if len(pres) else 0.0
         shapes = [d["shape"] for d in det if d["present"]]
-        shape = max(set(shapes), key=shapes.count) if shapes else None
+        # majority over present frames, a tie going to the shape seen first (max over a set broke ties
+        # by string hash order, which Python randomises per process: scores differed run to run)
+        shape = Counter(shapes).most_common(1)[0][0] if shapes else None
         gaps = 0
         run = 0
         for p in pres:
