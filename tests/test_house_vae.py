@@ -411,3 +411,12 @@ def test_train_vae_ab_gates_each_arm_ema_and_live_and_keeps_the_rule(tmp_path):
         main(["ab", "--arm", "--dt 1", "--out", str(tmp_path / "r2")])
     with pytest.raises(ValueError, match="already have a checkpoint"):  # train would resume, not restart
         main(["ab", "--arm", "a=", "--out", str(tmp_path / "runs")])
+
+
+def test_ab_spreads_arms_over_gpus_round_robin():
+    from stas.house.train_vae import arm_env
+
+    base = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "5"}
+    assert [arm_env(i, ["0", "1"], base)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]
+    assert arm_env(1, None, base) == base and arm_env(0, [], base) == base  # no --gpus: inherited as is
+    assert arm_env(0, ["1"], base)["PATH"] == "/bin" and base["CUDA_VISIBLE_DEVICES"] == "5"  # copy, not mutation

@@ -696,8 +696,18 @@ GATE_KEYS = ("psnr", "detector_ok", "detector_ok_real", "change_dev_first", "cha
              "speed_ratio", "change_ratio", "static_excess", "decode_s")
 
 
+def arm_env(i, gpus, environ):
+    """The environment of arm ``i``: ``environ`` with ``CUDA_VISIBLE_DEVICES`` set to ``gpus[i % len(gpus)]``
+    (arms spread round-robin over the listed devices); ``environ`` unchanged when ``gpus`` is empty."""
+    env = dict(environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
+    return env
+
+
 def ab(args):
-    """An A/B: one ``train`` process per arm, all at once (they share the device), then per arm its EMA
+    """An A/B: one ``train`` process per arm, all at once (they share the device, or spread over
+    ``--gpus`` round-robin, see ``arm_env``), then per arm its EMA
     and its live weights exported (as ``export --weights ema / model``, ``--export-clips`` clips) and
     gated on ``--gate-clips`` held-out clips.
     Arms are ``NAME=FLAGS`` (``FLAGS`` added to ``--common``); each writes ``--out/NAME/{ckpt, ema,
@@ -707,6 +717,7 @@ def ab(args):
     names or an arm that already has a checkpoint under ``--out`` (train would resume it), and
     RuntimeError, naming the arms and their logs, when a training process fails (the rest still
     finish); interrupted, it terminates the trainers it started."""
+    import os
     import shlex
     import subprocess
     import sys
@@ -725,14 +736,16 @@ def ab(args):
         raise ValueError(f"arms {done} already have a checkpoint under {out}: give a new --out")
     procs = {}
     try:
-        for name, flags in arms.items():
+        for i, (name, flags) in enumerate(arms.items()):
             d = out / name
             d.mkdir(parents=True, exist_ok=True)
             cmd = py + ["train", "--variant", args.variant, *shlex.split(args.common), *shlex.split(flags),
                         "--ckpt", str(d / "ckpt")]
             with open(d / "train.log", "w") as f:
-                procs[name] = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-            log(f"ab: started {name}: {shlex.join(cmd[3:])}")
+                env = arm_env(i, args.gpus, os.environ)
+                procs[name] = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            on = f" on CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if args.gpus else ""
+            log(f"ab: started {name}{on}: {shlex.join(cmd[3:])}")
         failed = [n for n, p in procs.items() if p.wait() != 0]
     finally:  # interrupted: no orphaned trainers (SIGTERM: each saves its checkpoint)
         for p in procs.values():
@@ -763,7 +776,7 @@ def ab(args):
         f = Path(args.json)
         doc = json.loads(f.read_text()) if f.exists() else {}
         doc.update(arms=res, common=args.common, gate_clips=args.gate_clips,
-                   equal_steps=len(set(steps.values())) == 1,
+                   equal_steps=len(set(steps.values())) == 1, gpus=args.gpus,
                    device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
         f.write_text(json.dumps(doc, indent=1))
     return res
@@ -835,6 +848,8 @@ def main(argv=None):
     a.add_argument("--common", default="", help="train flags of every arm, e.g. \"--init data/house/causal "
                    "--freeze-encoder --dt 4 --steps 1000\"")
     a.add_argument("--out", required=True, help="folder for the arms' checkpoints, exports and logs (under runs/)")
+    a.add_argument("--gpus", nargs="+", default=None, help="CUDA devices the arms spread over round-robin "
+                   "(CUDA_VISIBLE_DEVICES per arm; default: every arm on the current device)")
     a.add_argument("--gate-clips", type=int, default=16)
     a.add_argument("--export-clips", type=int, default=64, help="held-out clips for each export's PSNR and latent "
                    "statistics (as train --export)")
