@@ -383,8 +383,9 @@ def test_train_vae_stops_at_steps_and_records_the_schedule(tmp_path):
 
 
 def test_train_vae_ab_gates_each_arm_ema_and_live_and_keeps_the_rule(tmp_path):
-    """Two tiny arms side by side: each trains its steps, its live weights are exported unchanged, both
-    weights are gated, and the record written before the run keeps its rule."""
+    """Two tiny arms side by side: each trains its steps (an arm's flag overrides --common's), its live
+    weights are exported unchanged, both weights are gated, and the record written before the run keeps
+    its rule."""
     import json
 
     from safetensors.torch import load_file
@@ -393,18 +394,18 @@ def test_train_vae_ab_gates_each_arm_ema_and_live_and_keeps_the_rule(tmp_path):
 
     rec = tmp_path / "ab.json"
     rec.write_text(json.dumps(dict(rule="written before the run")))
-    res = main(["ab", "--arm", "a=", "--arm", "b=--dt 1", "--common", "--batch 2 --crop 16 --steps 2 --graph 0",
+    res = main(["ab", "--arm", "a=", "--arm", "b=--dt 1 --steps 3", "--common", "--batch 2 --crop 16 --steps 2 --graph 0",
                 "--out", str(tmp_path / "runs"), "--gate-clips", "2", "--export-clips", "2", "--json", str(rec)])
     doc = json.loads(rec.read_text())
     assert doc["rule"] == "written before the run" and doc["arms"] == json.loads(json.dumps(res))
-    for name, flags in (("a", ""), ("b", "--dt 1")):
+    for name, flags, steps in (("a", "", 2), ("b", "--dt 1 --steps 3", 3)):
         arm = res[name]
-        assert (arm["flags"], arm["start_step"], arm["end_step"]) == (flags, 0, 2)
+        assert (arm["flags"], arm["start_step"], arm["end_step"]) == (flags, 0, steps)
         assert set(arm["gate_ema"]) == set(arm["gate_live"]) == set(GATE_KEYS)
         live = load_file(str(tmp_path / "runs" / name / "live" / "causal" / "vae" / "diffusion_pytorch_model.safetensors"))
         trained = load_file(str(tmp_path / "runs" / name / "ckpt" / "model.safetensors"))
         assert all(torch.equal(live[k], trained[k]) for k in trained)
-    assert doc["equal_steps"] is True
+    assert doc["equal_steps"] is False and doc["gpus"] is None
     with pytest.raises(ValueError, match="repeat"):
         main(["ab", "--arm", "a=", "--arm", "a=--dt 1", "--out", str(tmp_path / "r2")])
     with pytest.raises(ValueError, match="NAME=FLAGS"):

@@ -710,7 +710,8 @@ def ab(args):
     ``--gpus`` round-robin, see ``arm_env``), then per arm its EMA
     and its live weights exported (as ``export --weights ema / model``, ``--export-clips`` clips) and
     gated on ``--gate-clips`` held-out clips.
-    Arms are ``NAME=FLAGS`` (``FLAGS`` added to ``--common``); each writes ``--out/NAME/{ckpt, ema,
+    Arms are ``NAME=FLAGS`` (``FLAGS`` added after ``--common``, so an arm's flag overrides the same
+    flag there, e.g. ``long="--steps 1500"``); each writes ``--out/NAME/{ckpt, ema,
     live}`` and ``train.log``. Results go under ``arms`` in ``--json``, whose other keys (the rule
     written before the run) are kept; ``equal_steps`` says whether every arm ran the same number of
     steps (a warning is logged when not). Raises ValueError for an arm without ``NAME=``, repeated
