@@ -401,6 +401,7 @@ def test_train_vae_ab_gates_each_arm_ema_and_live_and_keeps_the_rule(tmp_path):
     for name, flags, steps in (("a", "", 2), ("b", "--dt 1 --steps 3", 3)):
         arm = res[name]
         assert (arm["flags"], arm["start_step"], arm["end_step"]) == (flags, 0, steps)
+        assert (arm["steps_asked"], arm["completed"]) == (steps, True)
         assert set(arm["gate_ema"]) == set(arm["gate_live"]) == set(GATE_KEYS)
         live = load_file(str(tmp_path / "runs" / name / "live" / "causal" / "vae" / "diffusion_pytorch_model.safetensors"))
         trained = load_file(str(tmp_path / "runs" / name / "ckpt" / "model.safetensors"))
@@ -410,6 +411,10 @@ def test_train_vae_ab_gates_each_arm_ema_and_live_and_keeps_the_rule(tmp_path):
         main(["ab", "--arm", "a=", "--arm", "a=--dt 1", "--out", str(tmp_path / "r2")])
     with pytest.raises(ValueError, match="NAME=FLAGS"):
         main(["ab", "--arm", "--dt 1", "--out", str(tmp_path / "r2")])
+    n = torch.cuda.device_count()  # a GPU id that is not here: refused, not trained on the CPU
+    with pytest.raises(ValueError, match="not CUDA devices"):
+        main(["ab", "--arm", "a=", "--gpus", str(n), "--out", str(tmp_path / "r2")])
+    assert not (tmp_path / "r2").exists()
     with pytest.raises(ValueError, match="already have a checkpoint"):  # train would resume, not restart
         main(["ab", "--arm", "a=", "--out", str(tmp_path / "runs")])
 

@@ -705,17 +705,24 @@ def arm_env(i, gpus, environ):
     return env
 
 
+_steps_asked = argparse.ArgumentParser(add_help=False)  # the --steps an arm's flags leave in force
+_steps_asked.add_argument("--steps", type=int, default=None)
+
+
 def ab(args):
     """An A/B: one ``train`` process per arm, all at once (they share the device, or spread over
     ``--gpus`` round-robin, see ``arm_env``), then per arm its EMA
     and its live weights exported (as ``export --weights ema / model``, ``--export-clips`` clips) and
     gated on ``--gate-clips`` held-out clips.
-    Arms are ``NAME=FLAGS`` (``FLAGS`` added after ``--common``, so an arm's flag overrides the same
-    flag there, e.g. ``long="--steps 1500"``); each writes ``--out/NAME/{ckpt, ema,
+    Arms are ``NAME=FLAGS`` (``FLAGS`` added after ``--common``, so an arm's valued flag overrides the
+    same flag there, e.g. ``long="--steps 1500"``; a switch such as ``--freeze-encoder`` cannot be
+    turned off); each writes ``--out/NAME/{ckpt, ema,
     live}`` and ``train.log``. Results go under ``arms`` in ``--json``, whose other keys (the rule
     written before the run) are kept; ``equal_steps`` says whether every arm ran the same number of
-    steps (a warning is logged when not). Raises ValueError for an arm without ``NAME=``, repeated
-    names or an arm that already has a checkpoint under ``--out`` (train would resume it), and
+    steps, and each arm's ``completed`` whether it ran the ``--steps`` it asked for (``steps_asked``;
+    a warning is logged when not: ``--minutes`` ran out first, and a ``--lr-end`` decay stopped early).
+    Raises ValueError for an arm without ``NAME=``, repeated names, a ``--gpus`` entry that is not a
+    CUDA device here, or an arm that already has a checkpoint under ``--out`` (train would resume it), and
     RuntimeError, naming the arms and their logs, when a training process fails (the rest still
     finish); interrupted, it terminates the trainers it started."""
     import os
@@ -731,6 +738,9 @@ def ab(args):
     arms = dict(a.split("=", 1) for a in args.arm)
     if len(arms) != len(args.arm):
         raise ValueError(f"arm names repeat: {[a.split('=', 1)[0] for a in args.arm]}")
+    bad = [g for g in (args.gpus or []) if not (str(g).isdigit() and int(g) < torch.cuda.device_count())]
+    if bad:  # train would fall back to the CPU without a word
+        raise ValueError(f"--gpus {bad}: not CUDA devices here ({torch.cuda.device_count()} visible)")
     out, py = Path(args.out), [sys.executable, "-m", "stas.house.train_vae"]
     done = [n for n in arms if (out / n / "ckpt" / "state.json").exists()]
     if done:  # train would resume them: another --steps on top, and the record overwritten
@@ -764,7 +774,11 @@ def ab(args):
             export(load_file(str(d / "ckpt" / f"{w}.safetensors"), device=str(dev)), args.variant, d / folder, state,
                    dev, clips=args.export_clips, name=w)
         run = state["runs"][-1]
-        res[name] = dict(flags=flags, start_step=run["start_step"], end_step=run["end_step"], minutes=run["minutes"])
+        asked = _steps_asked.parse_known_args(shlex.split(args.common) + shlex.split(flags))[0].steps
+        res[name] = dict(flags=flags, start_step=run["start_step"], end_step=run["end_step"], minutes=run["minutes"],
+                         steps_asked=asked, completed=asked is None or run["end_step"] - run["start_step"] == asked)
+        if not res[name]["completed"]:
+            log(f"ab: WARNING {name} ran {run['end_step'] - run['start_step']} of its {asked} steps (--minutes ran out)")
         for w in ("ema", "live"):
             vae = AutoencoderKLWan.from_pretrained(str(d / w / args.variant / "vae"), dtype=torch.float32).to(dev).eval()
             g = gate(vae, args.variant, args.gate_clips)
@@ -850,7 +864,8 @@ def main(argv=None):
                    "--freeze-encoder --dt 4 --steps 1000\"")
     a.add_argument("--out", required=True, help="folder for the arms' checkpoints, exports and logs (under runs/)")
     a.add_argument("--gpus", nargs="+", default=None, help="CUDA devices the arms spread over round-robin "
-                   "(CUDA_VISIBLE_DEVICES per arm; default: every arm on the current device)")
+                   "(CUDA_VISIBLE_DEVICES per arm, physical ids: it replaces an inherited mask; default: every arm on the current "
+                   "device)")
     a.add_argument("--gate-clips", type=int, default=16)
     a.add_argument("--export-clips", type=int, default=64, help="held-out clips for each export's PSNR and latent "
                    "statistics (as train --export)")
