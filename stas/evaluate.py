@@ -479,15 +479,32 @@ def ablation_methods(pipe, call: dict, channels=None, control_seed: int = 0, fam
 
 def provenance(pipe) -> dict:
     """What every results row carries: ``commit`` (git HEAD of this checkout, ``+dirty`` with
-    uncommitted changes; ``unknown`` outside git: `code_commit`), ``weights`` (`stas.study.weights_hash`),
-    ``device`` and ``dtype`` of the transformer."""
+    uncommitted changes; ``unknown`` outside git: `code_commit`), ``weights`` (`stas.study.weights_hash`:
+    transformers, text encoder, scheduler), ``vae`` (`stas.study.vae_hash`: the decoder every metric reads
+    through; ``None`` without one), ``device`` and ``dtype`` of the transformer."""
     from .adapters import get_adapter
-    from .study import weights_hash
+    from .study import vae_hash, weights_hash
 
     t = get_adapter(pipe).transformers[0]
     p = next(t.parameters())
-    return dict(commit=code_commit(), weights=weights_hash(pipe), device=str(p.device),
+    return dict(commit=code_commit(), weights=weights_hash(pipe), vae=vae_hash(pipe), device=str(p.device),
                 dtype=str(p.dtype).replace("torch.", ""))
+
+
+def weights_text(meta: dict, pipe) -> str:
+    """One sentence (markdown) saying whether a results table (its ``meta``, `finish_table`) was made with
+    the transformer / text encoder / scheduler (`stas.study.weights_hash`) and the VAE
+    (`stas.study.vae_hash`) of ``pipe``. A table made before the VAE entered the provenance has no
+    ``vae`` key: the sentence says it is unknown."""
+    from .study import vae_hash, weights_hash
+
+    w, v = weights_hash(pipe), vae_hash(pipe)
+    wt = "the ones loaded here" if meta.get("weights") == w else f"not the ones loaded here, `{w}`"
+    if "vae" not in meta:
+        vt = "VAE not recorded (the table predates the VAE hash): whether it decoded with this VAE is unknown"
+    else:
+        vt = f"VAE `{meta['vae']}` (" + ("the one loaded here)" if meta["vae"] == v else f"not the one loaded here, `{v}`)")
+    return f"Model {meta.get('model')}, weights `{meta.get('weights')}` ({wt}), {vt}."
 
 
 def _git(*args) -> str:
@@ -519,7 +536,7 @@ TRAINING_ONLY = ("stas/house/train_vae.py", "stas/house/gates.py")
 
 def table_provenance(meta: dict) -> str:
     """One sentence (markdown) on what made a results table, from its ``meta`` (`finish_table`): model,
-    weights hash, device, dtype, prompts x seeds, call size and steps, and the commit, compared with
+    weights and VAE hashes (`provenance`), device, dtype, prompts x seeds, call size and steps, and the commit, compared with
     this checkout's HEAD (`code_commit` without ``+dirty``): when the table's commit is an ancestor of
     HEAD, how many later commits there are and how many of them change ``stas/`` outside `TRAINING_ONLY`
     (then the table predates the current code)."""
@@ -527,7 +544,8 @@ def table_provenance(meta: dict) -> str:
 
     c = meta["call"]
     made, head = str(meta.get("commit", "unknown")), code_commit().split("+")[0]   # HEAD, not the work tree
-    run = (f"{meta.get('model')}, weights {meta.get('weights')}, {meta.get('device')} {meta.get('dtype')}; "
+    run = (f"{meta.get('model')}, weights {meta.get('weights')}, VAE {meta.get('vae', 'not recorded')}, "
+           f"{meta.get('device')} {meta.get('dtype')}; "
            f"{len(meta['prompts'])} prompts × {len(meta['seeds'])} seeds, "
            f"{c['height']}x{c['width']}x{c['num_frames']}, {c['num_inference_steps']} steps; made at commit {made}")
     if head == "unknown":

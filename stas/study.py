@@ -2,7 +2,7 @@
 
 Notebook 02 records every block over prompts x seeds and saves the `Recording` to
 ``<stats_dir>/<model>_blocks.safetensors``; notebooks 03, 04 and the explorer load that file only
-when its key — the model's weights hash (`weights_hash`), the call settings, prompts, seeds and the
+when its key — the model's weights hash (`weights_hash`: transformers, text encoder, scheduler), the call settings, prompts, seeds and the
 number of channels followed — matches their own run, and otherwise record it again with the same
 function (so a recording from other weights, prompts, seeds or step counts is never reused, and each
 notebook also runs alone).
@@ -64,33 +64,61 @@ def stats_path(model: str, stats_dir=None) -> Path:
     return d / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(model)).strip('_')}_blocks.safetensors"
 
 
+def _update_with(h, module, sample: int) -> None:
+    """Feed ``module``'s state dict into the sha256 ``h``: every tensor's name, shape and dtype, and its
+    values (whole up to ``sample`` elements, else ``sample`` evenly strided ones, as float32). A BERT
+    encoder's ``pooler.*`` is left out: video pipelines use the last hidden state, and a checkpoint saved
+    without a pooler gets a random one at every load."""
+    for name, t in module.state_dict().items():
+        if name.startswith("pooler."):
+            continue
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        flat = t.detach().reshape(-1)
+        if flat.numel() > sample:
+            flat = flat[torch.linspace(0, flat.numel() - 1, sample, device=flat.device).long()]
+        h.update(flat.float().cpu().numpy().tobytes())
+
+
+def _update_with_config(h, obj) -> None:
+    """Feed a diffusers config (``obj.config``) and the class name into ``h``; keys starting with ``_`` are
+    left out (``_use_default_values`` is a set, its order changes from one process to the next)."""
+    h.update(type(obj).__name__.encode())
+    cfg = {k: v for k, v in obj.config.items() if not k.startswith("_")}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+
+
 @torch.no_grad()
 def weights_hash(pipe, sample: int = 65536) -> str:
-    """A short sha256 of the weights that shape a recording: every transformer and the text encoder.
+    """A short sha256 (16 hex digits) of the weights that shape a recording: every transformer and the
+    text encoder, plus the scheduler's class and config, so two schedules never share a key.
 
     Tensors up to ``sample`` elements are hashed whole, larger ones by ``sample`` evenly strided
-    elements (a retrained model changes them all; hashing Wan-14B whole would take minutes). With
-    the scheduler's class and config, so two schedules never share a key. A BERT encoder's
-    ``pooler.*`` is left out: video pipelines use the last hidden state, and a checkpoint saved without
-    a pooler gets a random one at every load."""
+    elements (a retrained model changes them all; hashing Wan-14B whole would take minutes). The VAE
+    is not in it (it acts after the transformer: a recording does not depend on it); `vae_hash` is."""
     h = hashlib.sha256()
     mods = list(get_adapter(pipe).transformers)
     if getattr(pipe, "text_encoder", None) is not None:
         mods.append(pipe.text_encoder)
     for m in mods:
-        for name, t in m.state_dict().items():
-            if name.startswith("pooler."):
-                continue
-            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            flat = t.detach().reshape(-1)
-            if flat.numel() > sample:
-                flat = flat[torch.linspace(0, flat.numel() - 1, sample, device=flat.device).long()]
-            h.update(flat.float().cpu().numpy().tobytes())
+        _update_with(h, m, sample)
     sch = getattr(pipe, "scheduler", None)
     if sch is not None:
-        h.update(type(sch).__name__.encode())
-        cfg = {k: v for k, v in sch.config.items() if not k.startswith("_")}  # "_use_default_values": a set's order
-        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+        _update_with_config(h, sch)
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def vae_hash(pipe, sample: int = 65536) -> str | None:
+    """A short sha256 (16 hex digits) of the pipeline's VAE: its weights (sampled as in `weights_hash`) and
+    its config (``latents_mean`` / ``latents_std`` decide the decode as much as the weights do). Every
+    metric of a results table reads decoded pixels, so a table's provenance carries it. ``None`` for a
+    pipeline without ``vae``."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return None
+    h = hashlib.sha256()
+    _update_with(h, vae, sample)
+    _update_with_config(h, vae)
     return h.hexdigest()[:16]
 
 

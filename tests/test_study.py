@@ -87,3 +87,35 @@ def test_weights_hash_is_the_same_in_every_process():
                           env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout.split()[-1]
            for seed in ("1", "2", "3")}
     assert len(out) == 1
+
+
+def test_vae_hash_sees_the_decoder_and_weights_hash_does_not():
+    """A results table reads every metric through the VAE, so its provenance must change with the VAE
+    (weights or latents_mean / latents_std) while a recording's key (`weights_hash`) must not."""
+    from stas import evaluate as E
+
+    pipe = stas.load("tiny-random-wan", device="cpu")
+    w, v = study.weights_hash(pipe), study.vae_hash(pipe)
+    assert len(v) == 16 and v != w
+    meta = dict(model="tiny-random-wan", weights=w, vae=v)
+    assert E.weights_text(meta, pipe) == f"Model tiny-random-wan, weights `{w}` (the ones loaded here), VAE `{v}` (the one loaded here)."
+    assert "VAE not recorded" in E.weights_text(dict(model="m", weights=w), pipe)
+    with torch.no_grad():
+        next(pipe.vae.decoder.parameters()).add_(1e-3)
+    v2 = study.vae_hash(pipe)
+    assert v2 != v and study.weights_hash(pipe) == w
+    assert E.weights_text(meta, pipe).endswith(f"VAE `{v}` (not the one loaded here, `{v2}`).")
+    pipe.vae.register_to_config(latents_mean=[0.5] * len(pipe.vae.config.latents_mean))
+    assert study.vae_hash(pipe) not in (v, v2)
+    prov = E.provenance(pipe)
+    assert prov["vae"] == study.vae_hash(pipe) and prov["weights"] == w
+    pipe.vae = None
+    assert study.vae_hash(pipe) is None
+
+
+def test_weights_hash_of_the_shipped_house_model_is_its_recordings_key():
+    """The hash refactor (shared with `vae_hash`) keeps the key of the committed recording."""
+    from stas.record import Recording
+
+    key = Recording.load(study.stats_path("house")).meta["key"]
+    assert study.weights_hash(stas.load("house", device="cpu")) == key["weights"] == "1ede4574a54e6a9a"

@@ -68,13 +68,13 @@ def test_steering_text_reads_a_config_repr():
 
 
 def test_table_provenance_against_this_checkout():
-    meta = dict(model="house", weights="abc", device="cpu", dtype="float32", prompts=["a", "b"], seeds=[0],
+    meta = dict(model="house", weights="abc", vae="def", device="cpu", dtype="float32", prompts=["a", "b"], seeds=[0],
                 call=dict(height=64, width=64, num_frames=17, num_inference_steps=2))
     head = E.code_commit().split("+")[0]   # the work tree may be dirty
     if head == "unknown":
         pytest.skip("not a git checkout")
     txt = E.table_provenance(dict(meta, commit=head))
-    assert txt.startswith("house, weights abc, cpu float32; 2 prompts × 1 seeds, 64x64x17, 2 steps; made at commit ")
+    assert txt.startswith("house, weights abc, VAE def, cpu float32; 2 prompts × 1 seeds, 64x64x17, 2 steps; made at commit ")
     assert "this checkout's HEAD" in txt and "predates" not in txt
     other = E.table_provenance(dict(meta, commit="0123456789ab"))
     assert "not in this checkout's history" in other
