@@ -503,8 +503,14 @@ def weights_text(meta: dict, pipe) -> str:
     if "vae" not in meta:
         vt = "VAE not recorded (the table predates the VAE hash): whether it decoded with this VAE is unknown"
     else:
-        vt = f"VAE `{meta['vae']}` (" + ("the one loaded here)" if meta["vae"] == v else f"not the one loaded here, `{v}`)")
+        vt = _vae_name(meta["vae"]) + (" (as loaded here)" if meta["vae"] == v else f" (loaded here: {_vae_name(v)})")
     return f"Model {meta.get('model')}, weights `{meta.get('weights')}` ({wt}), {vt}."
+
+
+def _vae_name(h, quote: str = "`") -> str:
+    """``VAE `<hash>``` (markdown; ``quote=""``: plain), or ``no VAE`` for a pipeline without one
+    (`stas.study.vae_hash` None)."""
+    return "no VAE" if h is None else f"VAE {quote}{h}{quote}"
 
 
 def _git(*args) -> str:
@@ -544,7 +550,8 @@ def table_provenance(meta: dict) -> str:
 
     c = meta["call"]
     made, head = str(meta.get("commit", "unknown")), code_commit().split("+")[0]   # HEAD, not the work tree
-    run = (f"{meta.get('model')}, weights {meta.get('weights')}, VAE {meta.get('vae', 'not recorded')}, "
+    vae = _vae_name(meta["vae"], quote="") if "vae" in meta else "VAE not recorded"
+    run = (f"{meta.get('model')}, weights {meta.get('weights')}, {vae}, "
            f"{meta.get('device')} {meta.get('dtype')}; "
            f"{len(meta['prompts'])} prompts × {len(meta['seeds'])} seeds, "
            f"{c['height']}x{c['width']}x{c['num_frames']}, {c['num_inference_steps']} steps; made at commit {made}")

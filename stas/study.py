@@ -111,14 +111,19 @@ def weights_hash(pipe, sample: int = 65536) -> str:
 def vae_hash(pipe, sample: int = 65536) -> str | None:
     """A short sha256 (16 hex digits) of the pipeline's VAE: its weights (sampled as in `weights_hash`) and
     its config (``latents_mean`` / ``latents_std`` decide the decode as much as the weights do). Every
-    metric of a results table reads decoded pixels, so a table's provenance carries it. ``None`` for a
-    pipeline without ``vae``."""
+    metric of a results table reads decoded pixels, so a table's provenance carries it. Tiled or sliced
+    decoding (diffusers' ``enable_tiling`` / ``enable_slicing``, with the tile sizes) enters the hash
+    when switched on, so the default hash is that of stock decoding. ``None`` for a pipeline without
+    ``vae``."""
     vae = getattr(pipe, "vae", None)
     if vae is None:
         return None
     h = hashlib.sha256()
     _update_with(h, vae, sample)
     _update_with_config(h, vae)
+    mode = {k: v for k, v in vars(vae).items() if k in ("use_slicing", "use_tiling") or k.startswith("tile_sample_")}
+    if mode.get("use_slicing") or mode.get("use_tiling"):
+        h.update(json.dumps(mode, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 

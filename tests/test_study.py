@@ -76,17 +76,19 @@ def test_record_footprint_of_is_what_record_allocates(wan):
     assert study.record_footprint_of(wan, kw, channels=2) == used
 
 
-def test_weights_hash_is_the_same_in_every_process():
-    """A recording saved by one notebook must be found by the next (a new process, another hash seed):
-    diffusers' config carries a set-ordered "_use_default_values" that must not enter the key."""
+@pytest.mark.parametrize("fn", ["weights_hash", "vae_hash"])
+def test_hashes_are_the_same_in_every_process(fn):
+    """A recording saved by one notebook must be found by the next (a new process, another hash seed), and a
+    table's VAE must read as the one loaded there: diffusers' config carries a set-ordered
+    "_use_default_values" that must not enter either hash."""
     import subprocess
     import sys
 
-    code = "import stas; from stas import study; print(study.weights_hash(stas.load('tiny-random-wan', device='cpu')))"
+    code = f"import stas; from stas import study; print(study.{fn}(stas.load('tiny-random-wan', device='cpu')))"
     out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout.split()[-1]
            for seed in ("1", "2", "3")}
-    assert len(out) == 1
+    assert len(out) == 1 and len(out.pop()) == 16
 
 
 def test_vae_hash_sees_the_decoder_and_weights_hash_does_not():
@@ -98,19 +100,26 @@ def test_vae_hash_sees_the_decoder_and_weights_hash_does_not():
     w, v = study.weights_hash(pipe), study.vae_hash(pipe)
     assert len(v) == 16 and v != w
     meta = dict(model="tiny-random-wan", weights=w, vae=v)
-    assert E.weights_text(meta, pipe) == f"Model tiny-random-wan, weights `{w}` (the ones loaded here), VAE `{v}` (the one loaded here)."
+    assert E.weights_text(meta, pipe) == f"Model tiny-random-wan, weights `{w}` (the ones loaded here), VAE `{v}` (as loaded here)."
     assert "VAE not recorded" in E.weights_text(dict(model="m", weights=w), pipe)
     with torch.no_grad():
         next(pipe.vae.decoder.parameters()).add_(1e-3)
     v2 = study.vae_hash(pipe)
     assert v2 != v and study.weights_hash(pipe) == w
-    assert E.weights_text(meta, pipe).endswith(f"VAE `{v}` (not the one loaded here, `{v2}`).")
+    assert E.weights_text(meta, pipe).endswith(f"VAE `{v}` (loaded here: VAE `{v2}`).")
     pipe.vae.register_to_config(latents_mean=[0.5] * len(pipe.vae.config.latents_mean))
     assert study.vae_hash(pipe) not in (v, v2)
     prov = E.provenance(pipe)
     assert prov["vae"] == study.vae_hash(pipe) and prov["weights"] == w
+    pipe.vae.enable_tiling()  # tiled decoding enters the hash; stock decoding keeps the default hash
+    v3 = study.vae_hash(pipe)
+    assert v3 != prov["vae"]
+    pipe.vae.disable_tiling()
+    assert study.vae_hash(pipe) == prov["vae"]
     pipe.vae = None
     assert study.vae_hash(pipe) is None
+    assert E.weights_text(meta, pipe).endswith(f"VAE `{v}` (loaded here: no VAE).")
+    assert E.weights_text(dict(meta, vae=None), pipe).endswith("no VAE (as loaded here).")
 
 
 def test_weights_hash_of_the_shipped_house_model_is_its_recordings_key():
@@ -118,4 +127,4 @@ def test_weights_hash_of_the_shipped_house_model_is_its_recordings_key():
     from stas.record import Recording
 
     key = Recording.load(study.stats_path("house")).meta["key"]
-    assert study.weights_hash(stas.load("house", device="cpu")) == key["weights"] == "1ede4574a54e6a9a"
+    assert study.weights_hash(stas.load("house", device="cpu")) == key["weights"] == "aff58f32bdc73f4e"

@@ -76,6 +76,9 @@ def test_table_provenance_against_this_checkout():
     txt = E.table_provenance(dict(meta, commit=head))
     assert txt.startswith("house, weights abc, VAE def, cpu float32; 2 prompts × 1 seeds, 64x64x17, 2 steps; made at commit ")
     assert "this checkout's HEAD" in txt and "predates" not in txt
+    assert E.table_provenance(dict(meta, commit=head, vae=None)).startswith("house, weights abc, no VAE, cpu")
+    assert E.table_provenance(dict({k: v for k, v in meta.items() if k != "vae"}, commit=head)).startswith(
+        "house, weights abc, VAE not recorded, cpu")
     other = E.table_provenance(dict(meta, commit="0123456789ab"))
     assert "not in this checkout's history" in other
     try:
