@@ -116,6 +116,9 @@ def test_vae_hash_sees_the_decoder_and_weights_hash_does_not():
     assert v3 != prov["vae"]
     pipe.vae.disable_tiling()
     assert study.vae_hash(pipe) == prov["vae"]
+    pipe.vae.enable_slicing()
+    assert study.vae_hash(pipe) not in (prov["vae"], v3)
+    pipe.vae.disable_slicing()
     pipe.vae = None
     assert study.vae_hash(pipe) is None
     assert E.weights_text(meta, pipe).endswith(f"VAE `{v}` (loaded here: no VAE).")
@@ -123,7 +126,8 @@ def test_vae_hash_sees_the_decoder_and_weights_hash_does_not():
 
 
 def test_weights_hash_of_the_shipped_house_model_is_its_recordings_key():
-    """The hash refactor (shared with `vae_hash`) keeps the key of the committed recording."""
+    """The committed recording (notebook 02) was made with the shipped weights: its key is their hash,
+    pinned here so that a retrained DiT cannot ship without its recording (and this value) re-made."""
     from stas.record import Recording
 
     key = Recording.load(study.stats_path("house")).meta["key"]
