@@ -111,20 +111,32 @@ def weights_hash(pipe, sample: int = 65536) -> str:
 def vae_hash(pipe, sample: int = 65536) -> str | None:
     """A short sha256 (16 hex digits) of the pipeline's VAE: its weights (sampled as in `weights_hash`) and
     its config (``latents_mean`` / ``latents_std`` decide the decode as much as the weights do). Every
-    metric of a results table reads decoded pixels, so a table's provenance carries it. Tiled or sliced
-    decoding (diffusers' ``enable_tiling`` / ``enable_slicing``, with the tile sizes) enters the hash
-    when switched on, so the default hash is that of stock decoding. ``None`` for a pipeline without
-    ``vae``."""
+    metric of a results table reads decoded pixels, so a table's provenance carries it.
+
+    Decoding modes enter the hash only when switched on, so stock decoding keeps the default hash:
+    ``enable_slicing`` as the flag alone (it decodes a batch one clip at a time; the tile sizes do not
+    matter to it), ``enable_tiling`` as the flag with every tiling attribute diffusers' VAEs define
+    (``tile_sample_*``, ``tile_latent_*`` and CogVideoX's ``tile_overlap_factor_*``). The hash does not
+    know the call's size: with tiling on it differs from stock even for clips smaller than one tile,
+    which decode identically. ``None`` for a pipeline without ``vae``."""
     vae = getattr(pipe, "vae", None)
     if vae is None:
         return None
     h = hashlib.sha256()
     _update_with(h, vae, sample)
     _update_with_config(h, vae)
-    mode = {k: v for k, v in vars(vae).items() if k in ("use_slicing", "use_tiling") or k.startswith("tile_sample_")}
-    if mode.get("use_slicing") or mode.get("use_tiling"):
+    mode = {}
+    if getattr(vae, "use_slicing", False):
+        mode["use_slicing"] = True
+    if getattr(vae, "use_tiling", False):
+        mode["use_tiling"] = True
+        mode.update({k: v for k, v in vars(vae).items() if k.startswith(_TILING_ATTRS)})
+    if mode:
         h.update(json.dumps(mode, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+_TILING_ATTRS = ("tile_sample_", "tile_latent_", "tile_overlap_factor_")  # diffusers' AutoencoderKL{Wan,CogVideoX}
 
 
 def recording_key(pipe, prompts, seeds, call: dict, n_channels: int) -> dict:

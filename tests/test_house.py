@@ -213,6 +213,31 @@ def test_train_dit_init_from_export_continues_the_curves(tmp_path):
         assert torch.equal(model.state_dict()[k], v.to(torch.bfloat16).float()) and torch.equal(ema[k], model.state_dict()[k])
 
 
+def test_dit_step_skips_a_non_finite_gradient_and_keeps_adamw_state():
+    """The uniform DiT went NaN at step 55 150 of the sixth continuation (dit_continuation_2.json) and
+    the NaN reached its weights and EMA. A non-finite gradient norm must leave weights, moments and the
+    step count as they were; the next finite step must match a run that never saw the bad one."""
+    from stas.house.train import step_if_finite
+
+    def run(grads):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(4, 3)
+        opt = torch.optim.AdamW(lin.parameters(), lr=0.1, fused=True)
+        flags = []
+        for g in grads:
+            for p in lin.parameters():
+                p.grad = torch.full_like(p, g)
+            flags.append(float(step_if_finite(opt, torch.nn.utils.clip_grad_norm_(lin.parameters(), 1.0))))
+        return [p.detach().clone() for p in lin.parameters()], opt.state[lin.weight]["step"].item(), flags
+
+    clean, n_clean, f_clean = run([1.0, -0.5])
+    bad, n_bad, f_bad = run([1.0, float("nan"), float("inf"), -0.5])
+    assert f_clean == [0.0, 0.0] and f_bad == [0.0, 1.0, 1.0, 0.0] and n_clean == n_bad == 2
+    assert all(torch.equal(a, b) for a, b in zip(clean, bad))
+    with pytest.raises(ValueError, match="fused"):
+        step_if_finite(torch.optim.AdamW(torch.nn.Linear(2, 2).parameters()), torch.tensor(1.0))
+
+
 def test_gates_massive_first_step_ratios_match_a_hook_on_the_first_call():
     """`gates.massive`'s per-block ratios at step 0 (cond) against the block output captured by a plain
     forward hook on the pipeline's first transformer call (the cond branch of step 0)."""

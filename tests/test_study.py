@@ -125,10 +125,44 @@ def test_vae_hash_sees_the_decoder_and_weights_hash_does_not():
     assert E.weights_text(dict(meta, vae=None), pipe).endswith("no VAE (as loaded here).")
 
 
+def test_vae_hash_takes_decoding_modes_only_when_they_change_the_decode(wan, cog):
+    """Slicing enters as its flag alone (tile sizes do not touch it); tiling enters with every tiling
+    attribute, CogVideoX's overlap factors too; with both off, tiling attributes leave the hash alone."""
+    saved = [(p.vae, dict(vars(p.vae))) for p in (wan, cog)]   # session fixtures: put every attribute back
+    try:
+        _check_vae_hash_modes(wan, cog)
+    finally:
+        for vae, attrs in saved:
+            vars(vae).update(attrs)
+
+
+def _check_vae_hash_modes(wan, cog):
+    for pipe in (wan, cog):
+        stock = study.vae_hash(pipe)
+        pipe.vae.tile_sample_min_height += 32            # tiling off: not part of the decode
+        assert study.vae_hash(pipe) == stock
+        pipe.vae.enable_slicing()
+        sliced = study.vae_hash(pipe)
+        pipe.vae.tile_sample_min_height += 32
+        assert sliced != stock and study.vae_hash(pipe) == sliced
+        pipe.vae.disable_slicing()
+        pipe.vae.enable_tiling()
+        tiled = study.vae_hash(pipe)
+        pipe.vae.tile_sample_min_height += 32
+        assert tiled not in (stock, sliced) and study.vae_hash(pipe) != tiled
+        pipe.vae.disable_tiling()
+        assert study.vae_hash(pipe) == stock
+    cog.vae.enable_tiling()
+    tiled = study.vae_hash(cog)
+    cog.vae.tile_overlap_factor_height /= 2
+    assert study.vae_hash(cog) != tiled
+    cog.vae.disable_tiling()
+
+
 def test_weights_hash_of_the_shipped_house_model_is_its_recordings_key():
     """The committed recording (notebook 02) was made with the shipped weights: its key is their hash,
     pinned here so that a retrained DiT cannot ship without its recording (and this value) re-made."""
     from stas.record import Recording
 
     key = Recording.load(study.stats_path("house")).meta["key"]
-    assert study.weights_hash(stas.load("house", device="cpu")) == key["weights"] == "aff58f32bdc73f4e"
+    assert study.weights_hash(stas.load("house", device="cpu")) == key["weights"] == "77081dcccebe8270"

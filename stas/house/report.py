@@ -198,31 +198,33 @@ def make_figure(out):
             if (out / v / "train_report.json").exists()}
     if not reps:
         raise FileNotFoundError(f"no <variant>/train_report.json under {out} (variants: {', '.join(VARIANTS)})")
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-    for v, r in reps.items():
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.8))
+    for i, (v, r) in enumerate(reps.items()):
+        c = f"C{i}"  # one colour per variant in every panel
         h = r["loss_history"]
         s = np.array([x["step"] for x in h])
         l = np.array([x["loss"] for x in h])
         k = max(1, len(l) // 50)
         ls = np.convolve(l, np.ones(k) / k, mode="valid")
-        ax[0].plot(s[k - 1:], ls, label=v)
+        ax[0].plot(s[k - 1:], ls, color=c, label=v)
         mh = r["ma_history"]
         for t, style in (("0.9", "-"), ("0.1", ":")):
             steps = [m["step"] for m in mh if t in m]
             mid = [m[t][len(m[t]) // 2] for m in mh if t in m]
-            ax[1].plot(steps, [b["ratio"] for b in mid], style, label=f"{v} peak/median, t={t}")
-            ax[1].plot(steps, [b.get("peak_over_mean", np.nan) for b in mid], style, alpha=0.5, label=f"{v} peak/mean, t={t}")
+            ax[1].plot(steps, [b["ratio"] for b in mid], style, color=c, label=f"{v} peak/median, t={t}")
+            ax[1].plot(steps, [b.get("peak_over_mean", np.nan) for b in mid], style, color=c, alpha=0.4,
+                       label=f"{v} peak/mean, t={t}")
             if t == "0.9":
-                ax[2].plot(steps, [b["f_i"] for b in mid], "-", label=f"{v} first/interior")
-                ax[2].plot(steps, [b["b_i"] for b in mid], "--", label=f"{v} boundary/interior")
+                ax[2].plot(steps, [b["f_i"] for b in mid], "-", color=c, label=f"{v} first/interior")
+                ax[2].plot(steps, [b["b_i"] for b in mid], "--", color=c, label=f"{v} boundary/interior")
     for y, name in ((100, "aim: peak/median >= 100"), (59, "aim: peak/mean >= 59 (the paper's channel)")):
         ax[1].axhline(y, color="grey", lw=0.8, ls="--")
-        ax[1].annotate(name, (0, y), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
+        ax[1].annotate(name, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
     ax[0].set(title="flow-matching loss (smoothed)", xlabel="step", yscale="log")
     ax[1].set(title="top MA channel at the mid block (stas.massive ratios)", xlabel="step", ylabel="ratio")
     ax[2].set(title="position hierarchy on that channel (t = 0.9, mid block)", xlabel="step")
-    for a in ax:
-        a.legend(fontsize=7)
+    for a in ax:  # legends below the panels, never over a curve
+        a.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
         a.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "train_curves.png", dpi=110)

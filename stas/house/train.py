@@ -306,6 +306,20 @@ def export_transformer(ema, out_dir, dtype=torch.bfloat16):
     return m
 
 
+def step_if_finite(opt, grad_norm: torch.Tensor) -> torch.Tensor:
+    """``opt.step()`` unless ``grad_norm`` (0-d tensor, e.g. `clip_grad_norm_`'s) is NaN or inf, decided on
+    the device without a host sync: a fused AdamW reads ``found_inf`` and then leaves the parameters, its
+    moments and its step count as they were (the mechanism `torch.amp.GradScaler` uses). Returns the
+    0-d float32 skip flag (1.0: skipped). Raises ValueError for an optimizer that is not fused, which
+    would apply the non-finite step."""
+    if not all(g.get("fused") for g in opt.param_groups):
+        raise ValueError("step_if_finite needs a fused optimizer (torch.optim.AdamW(..., fused=True))")
+    found = (~torch.isfinite(grad_norm.detach())).float()
+    opt.found_inf = found
+    opt.step()
+    return found
+
+
 def train_dit(args):
     dev = _device()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -324,7 +338,8 @@ def train_dit(args):
     model = make_dit().to(dev).train()
     nparam = sum(p.numel() for p in model.parameters())
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.wd, eps=1e-8)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.wd, eps=1e-8,
+                            fused=True)  # fused: a non-finite step is skipped on the device (step_if_finite)
     state = dict(step=0, elapsed_s=0.0, history=[], ma_history=[], variant=args.variant, args=vars(args))
     fresh_opt = True
     if (ckpt / "state.json").exists() and not args.fresh:
@@ -346,6 +361,7 @@ def train_dit(args):
     t_start = time.time()
     last_ckpt = time.time()
     loss_acc, n_acc = 0.0, 0
+    skipped = torch.zeros((), device=dev)  # non-finite steps skipped in this chunk (read at log steps only)
     params = dict(model.named_parameters())
     bufs = dict(model.named_buffers())
     ema_keys = [k for k in ema if k in params or k in bufs]
@@ -377,7 +393,7 @@ def train_dit(args):
         lr = args.lr * min(1.0, (step - warm0 + 1) / args.warmup)
         for gr in opt.param_groups:
             gr["lr"] = lr
-        opt.step()
+        skipped.add_(step_if_finite(opt, gn))  # a NaN / inf gradient leaves weights and AdamW state alone
         with torch.no_grad():
             d = min(args.ema, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema_list, [x.detach() for x in src_list], 1 - d)
@@ -423,8 +439,10 @@ def train_dit(args):
             state["step"] = step
             if step % args.log_every == 0:
                 el = state["elapsed_s"] + time.time() - t_start
-                state["history"].append(dict(step=step, loss=float(loss), grad_norm=float(gn), min=round(el / 60, 3)))
-                log(f"step {step} loss {float(loss):.4f} gn {float(gn):.2f} {step / max(el, 1e-9):.1f} st/s(avg)")
+                state["history"].append(dict(step=step, loss=float(loss), grad_norm=float(gn), min=round(el / 60, 3),
+                                             skipped=int(skipped)))
+                log(f"step {step} loss {float(loss):.4f} gn {float(gn):.2f} {step / max(el, 1e-9):.1f} st/s(avg)"
+                    f" skipped {int(skipped)}")
             if args.ma_every and step % args.ma_every == 0:
                 state["elapsed_s"] += time.time() - t_start
                 t_start = time.time()
