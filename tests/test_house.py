@@ -238,6 +238,34 @@ def test_dit_step_skips_a_non_finite_gradient_and_keeps_adamw_state():
         step_if_finite(torch.optim.AdamW(torch.nn.Linear(2, 2).parameters()), torch.tensor(1.0))
 
 
+def test_grad_norms_match_clip_grad_norm_and_name_the_non_finite_parameter():
+    """`grad_norms` + `clip_grads_with_norm_` (the DiT trainer's step) against `clip_grad_norm_` and
+    per-parameter `vector_norm`: the same total, bit-identical clipped gradients; a NaN in one parameter's
+    gradient flags that parameter alone (the uniform DiT's skipped steps, dit_continuation_3.json)."""
+    from stas.house.train import grad_norms, nonfinite_summary
+
+    def model():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.GELU(), torch.nn.Linear(4, 3))
+        net(torch.randn(7, 5)).pow(2).sum().mul(10).backward()
+        return list(net.parameters())
+
+    a, b = model(), model()
+    per, total = grad_norms(a)
+    assert per.dtype == total.dtype == torch.float32 and per.shape == (4,)
+    assert torch.allclose(per, torch.stack([p.grad.norm() for p in a]), rtol=1e-6)
+    ref = torch.nn.utils.clip_grad_norm_(b, 1.0)
+    assert float(ref) > 1.0 and torch.equal(total, ref)  # the gradients are clipped here
+    torch.nn.utils.clip_grads_with_norm_(a, 1.0, total)
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a, b))
+    a[2].grad[1, 3] = float("nan")
+    a[1].grad = None  # a parameter without a gradient counts 0
+    per, total = grad_norms(a)
+    assert (~per.isfinite()).tolist() == [False, False, True, False] and per[1] == 0 and not total.isfinite()
+    assert nonfinite_summary({"a": 0, "b": 2, "c": 5, "d": 5}, top=2) == "3 parameters, e.g. d 5, c 5"
+    assert nonfinite_summary({"a": 0}) == "none"
+
+
 def test_gates_massive_first_step_ratios_match_a_hook_on_the_first_call():
     """`gates.massive`'s per-block ratios at step 0 (cond) against the block output captured by a plain
     forward hook on the pipeline's first transformer call (the cond branch of step 0)."""

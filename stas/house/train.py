@@ -320,6 +320,35 @@ def step_if_finite(opt, grad_norm: torch.Tensor) -> torch.Tensor:
     return found
 
 
+def grad_norms(params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-parameter gradient L2 norms and their total, on the gradients' device without a host sync.
+
+    ``params``: a list of parameters (a missing ``.grad`` counts as norm 0). Returns ``(per, total)``:
+    ``per`` (P,) float32, one norm per parameter in the order given; ``total`` 0-d float32, the L2 norm
+    of ``per``, the number `torch.nn.utils.clip_grad_norm_` (norm type 2) computes and returns, from
+    the same ``torch._foreach_norm`` it calls. A non-finite gradient entry makes its own parameter's norm
+    non-finite (and the total), so ``~per.isfinite()`` names the parameters a skipped step came from."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        raise ValueError("grad_norms: no parameter has a gradient")
+    norms = iter(torch._foreach_norm(grads, 2.0))
+    zero = grads[0].new_zeros((), dtype=torch.float32)
+    per = torch.stack([next(norms).float() if p.grad is not None else zero for p in params])
+    return per, torch.linalg.vector_norm(per, 2.0)
+
+
+def nonfinite_summary(counts: dict[str, int], top: int = 4) -> str:
+    """One log line on ``counts`` (parameter name -> steps its gradient was non-finite, in the model's
+    parameter order): how many parameters, and the ``top`` last in that order with the largest count
+    (a non-finite gradient spreads backwards from where it arose, so the last parameters hit point
+    closest to the source)."""
+    hit = [(k, n) for k, n in counts.items() if n]
+    if not hit:
+        return "none"
+    order = sorted(range(len(hit)), key=lambda i: (-hit[i][1], -i))[:top]
+    return f"{len(hit)} parameters, e.g. " + ", ".join(f"{hit[i][0]} {hit[i][1]}" for i in order)
+
+
 def train_dit(args):
     dev = _device()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -363,6 +392,12 @@ def train_dit(args):
     loss_acc, n_acc = 0.0, 0
     skipped = torch.zeros((), device=dev)  # non-finite steps skipped in this chunk (read at log steps only)
     params = dict(model.named_parameters())
+    plist = list(params.values())
+    bad = torch.zeros(len(plist), device=dev)  # per parameter: steps of this chunk whose gradient was non-finite
+    bad_before = dict(state.get("nonfinite_grads", {}))  # the same, over earlier chunks (name -> steps)
+
+    def nonfinite_so_far():
+        return {k: bad_before.get(k, 0) + int(n) for k, n in zip(params, bad.tolist())}
     bufs = dict(model.named_buffers())
     ema_keys = [k for k in ema if k in params or k in bufs]
     ema_list = [ema[k] for k in ema_keys]
@@ -389,7 +424,9 @@ def train_dit(args):
         loss = F.mse_loss(pred.float(), noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        per, gn = grad_norms(plist)
+        bad.add_(~torch.isfinite(per))
+        torch.nn.utils.clip_grads_with_norm_(plist, args.clip, gn)
         lr = args.lr * min(1.0, (step - warm0 + 1) / args.warmup)
         for gr in opt.param_groups:
             gr["lr"] = lr
@@ -442,7 +479,8 @@ def train_dit(args):
                 state["history"].append(dict(step=step, loss=float(loss), grad_norm=float(gn), min=round(el / 60, 3),
                                              skipped=int(skipped)))
                 log(f"step {step} loss {float(loss):.4f} gn {float(gn):.2f} {step / max(el, 1e-9):.1f} st/s(avg)"
-                    f" skipped {int(skipped)}")
+                    f" skipped {int(skipped)}" + (f"; non-finite gradients: {nonfinite_summary(nonfinite_so_far())}"
+                                                  if int(skipped) else ""))
             if args.ma_every and step % args.ma_every == 0:
                 state["elapsed_s"] += time.time() - t_start
                 t_start = time.time()
@@ -450,12 +488,14 @@ def train_dit(args):
             if time.time() - last_ckpt > args.ckpt_minutes * 60:
                 state["elapsed_s"] += time.time() - t_start
                 t_start = time.time()
+                state["nonfinite_grads"] = {k: n for k, n in nonfinite_so_far().items() if n}
                 save_ckpt(ckpt, model, ema, opt, state)
                 last_ckpt = time.time()
                 log(f"checkpoint {ckpt} step {step}")
     finally:
         state["elapsed_s"] += time.time() - t_start
         t_start = time.time()
+        state["nonfinite_grads"] = {k: n for k, n in nonfinite_so_far().items() if n}
         save_ckpt(ckpt, model, ema, opt, state)
         log(f"checkpoint {ckpt} step {step} ({state['elapsed_s'] / 60:.1f} min)")
 
@@ -472,7 +512,8 @@ def train_dit(args):
                   device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
                   position_classes=POSITION_CLASSES_NOTE,
                   ma_final_ema=final, ma_final_raw=raw_final, ma_history=state["ma_history"],
-                  loss_history=state["history"])
+                  loss_history=state["history"],
+                  nonfinite_grads=state["nonfinite_grads"])  # parameter -> skipped steps it was non-finite in
     if args.sample_eval:
         try:
             kw = dict(num_inference_steps=args.sample_steps) if args.sample_steps else {}
