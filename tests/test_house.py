@@ -430,3 +430,31 @@ def test_samples_figure_needs_weights(tmp_path):
     (tmp_path / "causal").mkdir()  # a variant folder without a transformer does not count
     with pytest.raises(FileNotFoundError, match="no <variant>/transformer"):
         samples_figure(tmp_path)
+
+
+def test_flow_matching_batch_is_the_recipe_and_recomputable_per_step():
+    """`flow_matching_batch` (the DiT trainer's batch, shared with `stas.house.nonfinite`): pool rows, caption
+    dropout to the empty caption, image steps (frame 0, batch x4), x_t and the velocity by hand; a step's batch
+    recomputed alone is bit-identical; the pool rows pinned at 85fe1b9's inline code (so a resumed run draws
+    the batches it would have drawn)."""
+    from stas.house.train import flow_matching_batch
+
+    gen = torch.Generator().manual_seed(0)
+    lat = torch.randn(50, 4, 3, 2, 2, generator=gen).bfloat16()
+    emb, empty = torch.randn(50, 5, 6, generator=gen).bfloat16(), torch.zeros(1, 5, 6).bfloat16()
+    b = flow_matching_batch(0, lat, emb, empty, batch=8)
+    assert b["idx"][:6].tolist() == [44, 35, 48, 15, 40, 39]  # 85fe1b9's one_step, CPU, seed 1
+    assert not b["image_step"] and b["x0"].shape == (8, 4, 3, 2, 2) and b["x0"].dtype == torch.float32
+    assert torch.equal(b["x0"], lat[b["idx"]].float())
+    tt = b["t"].view(-1, 1, 1, 1, 1)
+    assert torch.equal(b["xt"], (1 - tt) * b["x0"] + tt * b["noise"]) and torch.equal(b["target"], b["noise"] - b["x0"])
+    assert ((b["t"] > 0) & (b["t"] < 1)).all()
+    im = flow_matching_batch(3, lat, emb, empty, batch=8)  # every 4th step: frame 0 alone, 4x the batch
+    assert im["image_step"] and im["x0"].shape == (32, 4, 1, 2, 2) and torch.equal(im["x0"], lat[im["idx"], :, :1].float())
+    big = flow_matching_batch(5, lat, emb, empty, batch=4000, image_every=0, cfg_drop=0.25)
+    dropped = (big["cond"] == 0).flatten(1).all(1)
+    assert torch.equal(big["cond"][~dropped], emb[big["idx"][~dropped]].float())
+    assert abs(float(dropped.float().mean()) - 0.25) < 0.03
+    again = flow_matching_batch(0, lat, emb, empty, batch=8)
+    assert all(torch.equal(b[k], again[k]) for k in ("idx", "cond", "t", "noise", "xt"))
+    assert not torch.equal(flow_matching_batch(1, lat, emb, empty, batch=8)["noise"], b["noise"])

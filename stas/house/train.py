@@ -349,6 +349,43 @@ def nonfinite_summary(counts: dict[str, int], top: int = 4) -> str:
     return f"{len(hit)} parameters, e.g. " + ", ".join(f"{hit[i][0]} {hit[i][1]}" for i in order)
 
 
+def batch_settings(args) -> dict:
+    """`flow_matching_batch`'s keyword arguments from ``train dit``'s command-line arguments."""
+    return dict(seed=args.seed, batch=args.batch, image_every=args.image_every,
+                image_batch_mult=args.image_batch_mult, cfg_drop=args.cfg_drop, t_mean=args.t_mean, t_std=args.t_std)
+
+
+def flow_matching_batch(step: int, lat: torch.Tensor, emb: torch.Tensor, empty: torch.Tensor, *, seed: int = 1,
+                        batch: int = 128, image_every: int = 4, image_batch_mult: int = 4, cfg_drop: float = 0.1,
+                        t_mean: float = 0.0, t_std: float = 1.0) -> dict:
+    """The DiT trainer's batch of training step ``step`` (the recipe in this module's docstring), drawn on
+    ``lat``'s device from its own generator (seed ``seed * 1_000_003 + step``): any step's batch can be
+    recomputed alone, e.g. to re-run a step whose gradient was not finite.
+
+    ``lat``: (N, C, F, h, w) normalised latent pool (`build_pool`, any float dtype); ``emb``: (N, L, D) its
+    caption embeddings; ``empty``: (1, L, D) the empty caption's. Every ``image_every``-th step (the last of
+    each group; 0: never) is an image step: latent frame 0 alone and ``batch * image_batch_mult`` samples.
+    Returns a dict of float32 tensors on ``lat``'s device and ``image_step`` (bool): ``idx`` (B,) int64 pool
+    rows; ``x0`` (B, C, F or 1, h, w); ``cond`` (B, L, D), a caption replaced by ``empty`` with probability
+    ``cfg_drop`` (classifier-free guidance); ``t`` (B,) in (0, 1), sigmoid of N(t_mean, t_std) (logit-normal);
+    ``noise`` like ``x0``; ``xt`` = (1 - t) x0 + t noise; ``target`` = noise - x0 (the velocity)."""
+    dev = lat.device
+    g = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step)
+    image_step = image_every > 0 and step % image_every == image_every - 1
+    B = batch * (image_batch_mult if image_step else 1)
+    idx = torch.randint(0, lat.shape[0], (B,), generator=g, device=dev)
+    x0 = lat[idx].float()
+    if image_step:
+        x0 = x0[:, :, :1]
+    drop = torch.rand(B, generator=g, device=dev) < cfg_drop
+    cond = torch.where(drop[:, None, None], empty.expand(B, -1, -1), emb[idx]).float()
+    t = torch.sigmoid(torch.randn(B, generator=g, device=dev) * t_std + t_mean)
+    noise = torch.randn(x0.shape, generator=g, device=dev)
+    tt = t.view(B, 1, 1, 1, 1)
+    return dict(image_step=image_step, idx=idx, x0=x0, cond=cond, t=t, noise=noise, xt=(1 - tt) * x0 + tt * noise,
+                target=noise - x0)
+
+
 def train_dit(args):
     dev = _device()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -398,6 +435,7 @@ def train_dit(args):
 
     def nonfinite_so_far():
         return {k: bad_before.get(k, 0) + int(n) for k, n in zip(params, bad.tolist())}
+    batch_kw = batch_settings(args)
     bufs = dict(model.named_buffers())
     ema_keys = [k for k in ema if k in params or k in bufs]
     ema_list = [ema[k] for k in ema_keys]
@@ -405,23 +443,10 @@ def train_dit(args):
 
     def one_step(step):
         nonlocal fwd
-        g = torch.Generator(device=dev).manual_seed(args.seed * 1_000_003 + step)
-        image_step = args.image_every > 0 and step % args.image_every == args.image_every - 1
-        B = args.batch * (args.image_batch_mult if image_step else 1)
-        idx = torch.randint(0, N, (B,), generator=g, device=dev)
-        x0 = lat[idx].float()
-        if image_step:
-            x0 = x0[:, :, :1]
-        e = emb[idx]
-        drop = torch.rand(B, generator=g, device=dev) < args.cfg_drop
-        e = torch.where(drop[:, None, None], empty.expand(B, -1, -1), e).float()
-        t = torch.sigmoid(torch.randn(B, generator=g, device=dev) * args.t_std + args.t_mean)
-        noise = torch.randn(x0.shape, generator=g, device=dev)
-        tt = t.view(B, 1, 1, 1, 1)
-        xt = (1 - tt) * x0 + tt * noise
+        b = flow_matching_batch(step, lat, emb, empty, **batch_kw)
         with torch.autocast(**amp):
-            pred = fwd(xt, t * 1000.0, e, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), noise - x0)
+            pred = fwd(b["xt"], b["t"] * 1000.0, b["cond"], return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), b["target"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         per, gn = grad_norms(plist)
