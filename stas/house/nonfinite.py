@@ -83,7 +83,7 @@ class BlockZeroProbe:
             h.remove()
 
 
-def backward_once(model, plist, names, b, probe, backend=None, autocast=True) -> dict:
+def backward_once(model, plist, names, b, probe=None, backend=None, autocast=True, fwd=None) -> dict:
     """One eager forward + backward of batch ``b`` (`flow_matching_batch`), optionally with one SDPA backend
     forced (``torch.nn.attention.SDPBackend``) and with or without bf16 autocast; gradients cleared after."""
     from torch.nn.attention import sdpa_kernel
@@ -92,13 +92,13 @@ def backward_once(model, plist, names, b, probe, backend=None, autocast=True) ->
     try:
         with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                pred = model(b["xt"], b["t"] * 1000.0, b["cond"], return_dict=False)[0]
+                pred = (model if fwd is None else fwd)(b["xt"], b["t"] * 1000.0, b["cond"], return_dict=False)[0]
             loss = F.mse_loss(pred.float(), b["target"])
             loss.backward()
         per, total = grad_norms(plist)
         return dict(loss=_num(loss), grad_norm=_num(total), finite=bool(torch.isfinite(total)),
                     nonfinite_params=[names[i] for i in (~torch.isfinite(per)).nonzero().flatten().tolist()],
-                    **probe.read(b["t"]))
+                    **(probe.read(b["t"]) if probe else {}))
     finally:
         model.zero_grad(set_to_none=True)
 
@@ -120,6 +120,8 @@ def main(argv=None):
     ap.add_argument("--pool-seconds", type=float, default=60.0)
     ap.add_argument("--seconds", type=float, default=240.0, help="stop starting new passes after this")
     ap.add_argument("--seed", type=int, default=1, help="train dit's --seed")
+    ap.add_argument("--compile", action="store_true", help="the steps through torch.compile, as train dit (no hooks; "
+                    "the recomputed non-finite batches eager, hooked)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("python -m stas.house.nonfinite needs CUDA (the skipped steps come from the GPU trainer)")
@@ -139,18 +141,20 @@ def main(argv=None):
     else:  # an export (bf16)
         model.load_state_dict({k: v.float() for k, v in load_export_weights(w, dev).items()})
     names, plist = zip(*model.named_parameters())
-    probe = BlockZeroProbe(model)
+    fwd = torch.compile(model, dynamic=False) if a.compile else None  # as train dit, hooks only after
+    probe = None if a.compile else BlockZeroProbe(model)
     steps, hits = [], []
     try:
         for s in range(a.step0, a.step0 + a.steps):
             if time.time() - t0 > a.seconds:
                 break
             b = flow_matching_batch(s, lat, emb, empty, seed=a.seed)
-            r = backward_once(model, list(plist), names, b, probe)
+            r = backward_once(model, list(plist), names, b, probe, fwd=fwd)
             steps.append(dict(step=s, image_step=b["image_step"], t_min=_num(b["t"].min()), t_max=_num(b["t"].max()), **r))
             if not r["finite"] and len(hits) < a.recompute:
                 hits.append(s)
-        backends = [("MATH", SDPBackend.MATH, True), ("FLASH_ATTENTION", SDPBackend.FLASH_ATTENTION, True),
+        probe = probe or BlockZeroProbe(model)
+        backends = [("eager", None, True), ("MATH", SDPBackend.MATH, True), ("FLASH_ATTENTION", SDPBackend.FLASH_ATTENTION, True),
                     ("EFFICIENT_ATTENTION", SDPBackend.EFFICIENT_ATTENTION, True),
                     ("CUDNN_ATTENTION", SDPBackend.CUDNN_ATTENTION, True), ("float32_no_autocast", None, False)]
         recomputed = []
@@ -168,7 +172,8 @@ def main(argv=None):
                     res[name] = "error: " + repr(ex)[:200]
             recomputed.append(res)
     finally:
-        probe.remove()
+        if probe:
+            probe.remove()
     bad = [r for r in steps if not r["finite"]]
     summary = dict(steps=len(steps), nonfinite=len(bad), image_steps=sum(r["image_step"] for r in steps),
                    nonfinite_image_steps=sum(r["image_step"] for r in bad),

@@ -389,6 +389,8 @@ def flow_matching_batch(step: int, lat: torch.Tensor, emb: torch.Tensor, empty: 
 def train_dit(args):
     dev = _device()
     torch.backends.cuda.matmul.allow_tf32 = True
+    if not args.cudnn_attention:  # this process only: SDPA picks flash / memory-efficient instead
+        torch.backends.cuda.enable_cudnn_sdp(False)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     ckpt = Path(args.ckpt) if args.ckpt else out / args.variant / "ckpt"
@@ -626,6 +628,9 @@ def main(argv=None):
     d.add_argument("--fresh", action="store_true")
     d.add_argument("--init", default=None, help="when --ckpt holds no checkpoint: start from the DiT exported "
                    "under this folder (<init>/<variant>/transformer + train_report.json) and continue its curves")
+    d.add_argument("--no-cudnn-attention", dest="cudnn_attention", action="store_false",
+                   help="keep SDPA off its cuDNN backend, whose backward gave the uniform DiT's non-finite query "
+                   "gradients (image steps, 64 tokens; `python -m stas.house.nonfinite`, data/house/README.md)")
     d.add_argument("--no-compile", dest="compile", action="store_false")
     d.add_argument("--no-sample-eval", dest="sample_eval", action="store_false")
     d.add_argument("--text-encoder-dir", default=None)
