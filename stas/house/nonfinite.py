@@ -1,9 +1,10 @@
 """Where does a house DiT's non-finite gradient arise? ``python -m stas.house.nonfinite`` (CUDA).
 
 The uniform DiT's trainer skips ~1-4 % of its steps because the gradient norm is NaN / inf, always in
-block 0's self-attention query path (data/house/README.md, "Next"). This re-runs the trainer's batches
-(`flow_matching_batch`, the trainer's seed and settings) eagerly, without torch.compile and without an
-optimizer step, on fixed weights, under the trainer's bf16 autocast. Hooks on block 0's ``attn1.norm_q``
+block 0's self-attention query path (data/house/README.md). This re-runs the trainer's batches
+(`flow_matching_batch`, the trainer's seed and settings) without an optimizer step, on fixed weights,
+under the trainer's bf16 autocast: eagerly, or with ``--compile`` through torch.compile as the trainer
+does (hooks then only on the re-runs below). Hooks on block 0's ``attn1.norm_q``
 and ``norm_k`` (RMSNorm over the inner dimension) record their forward input (abs max, smallest RMS over
 tokens) and whether the gradient arriving at their output and at their input is finite. The first
 ``--recompute`` non-finite batches are then re-run with each SDPA backend forced and once in float32
@@ -182,7 +183,7 @@ def main(argv=None):
                    finite_when_recomputed={n: sum(isinstance(r[n], dict) and r[n]["finite"] for r in recomputed)
                                            for n, _, _ in backends} if recomputed else {})
     import diffusers
-    out = dict(what=__doc__.split("\n")[0], args=vars(a), pool=int(lat.shape[0]), eager=True, optimizer_step=False,
+    out = dict(what=__doc__.split("\n")[0], args=vars(a), pool=int(lat.shape[0]), compiled=a.compile, optimizer_step=False,
                versions=dict(torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                              diffusers=diffusers.__version__, device=torch.cuda.get_device_name()),
                summary=summary, recomputed=recomputed, steps=steps, seconds=round(time.time() - t0, 1))
