@@ -458,3 +458,42 @@ def test_flow_matching_batch_is_the_recipe_and_recomputable_per_step():
     again = flow_matching_batch(0, lat, emb, empty, batch=8)
     assert all(torch.equal(b[k], again[k]) for k in ("idx", "cond", "t", "noise", "xt"))
     assert not torch.equal(flow_matching_batch(1, lat, emb, empty, batch=8)["noise"], b["noise"])
+
+
+def test_nonfinite_probe_names_the_query_path_and_removes_its_hooks():
+    """`stas.house.nonfinite`'s probe, on the house DiT (CPU, float32): a NaN planted in 4 entries of one
+    sample's query gradient (at block 0's norm_q output, where the cuDNN backward's dq arrives) is reported
+    there and for that sample's t alone, norm_k's gradient stays finite, the non-finite parameters are the query
+    path's (to_q, not to_k: as in the uniform DiT's skipped steps), and the probe's hooks go on exit."""
+    from stas.house.models import make_dit
+    from stas.house.nonfinite import BlockZeroProbe, backward_once
+    from stas.house.train import flow_matching_batch
+
+    torch.manual_seed(0)
+    model = make_dit().train()
+    names, plist = zip(*model.named_parameters())
+    lat, emb = torch.randn(4, 16, 1, 16, 16), torch.randn(4, 32, 384)
+    b = flow_matching_batch(0, lat, emb, torch.zeros(1, 32, 384), batch=2, image_every=0)
+    norm_q = model.blocks[0].attn1.norm_q
+
+    def plant(module, inputs, out):
+        def nan_in_sample_1(g):
+            g = g.clone()
+            g[1, 0, :4] = float("nan")
+            return g
+        out.register_hook(nan_in_sample_1)
+
+    with BlockZeroProbe(model) as probe:
+        clean = backward_once(model, list(plist), names, b, probe, autocast=False)
+        handle = norm_q.register_forward_hook(plant, prepend=True)  # before the probe's, so the probe sees the NaN
+        try:
+            r = backward_once(model, list(plist), names, b, probe, autocast=False)
+        finally:
+            handle.remove()
+    assert clean["finite"] and clean["norm_q.grad_out.finite"] and not clean["nonfinite_params"]
+    assert not r["finite"] and not r["norm_q.grad_out.finite"] and r["norm_q.grad_out.nonfinite"] == 4
+    assert r["norm_q.grad_out.t_of_bad_samples"] == [round(float(b["t"][1]), 4)]
+    assert r["norm_k.grad_out.finite"] and r["norm_k.grad_in.finite"]
+    assert {"blocks.0.attn1.to_q.weight", "blocks.0.attn1.norm_q.weight"} <= set(r["nonfinite_params"])
+    assert not any(n.startswith(("blocks.0.attn1.to_k", "blocks.1.")) for n in r["nonfinite_params"])
+    assert not norm_q._forward_hooks and not model.blocks[0].attn1.norm_k._forward_hooks

@@ -35,13 +35,14 @@ from .train import build_pool, flow_matching_batch, grad_norms, load_export_weig
 
 
 def _num(x):
-    x = float(x)
+    x = float(x.detach()) if torch.is_tensor(x) else float(x)
     return round(x, 6) if math.isfinite(x) else str(x)
 
 
 class BlockZeroProbe:
-    """Forward hooks on ``model.blocks[0].attn1.norm_q`` / ``norm_k`` that also hook the gradients of their input
-    and output; records stay device tensors until `read` (after the backward)."""
+    """Context manager: forward hooks on ``model.blocks[0].attn1.norm_q`` / ``norm_k`` that also hook the
+    gradients of their input and output, removed on exit (any exit); records stay device tensors until
+    `read` (after the backward)."""
 
     def __init__(self, model):
         self.rec: dict[str, torch.Tensor] = {}
@@ -79,7 +80,10 @@ class BlockZeroProbe:
         self.rec.clear()
         return out
 
-    def remove(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         for h in self.handles:
             h.remove()
 
@@ -143,9 +147,8 @@ def main(argv=None):
         model.load_state_dict({k: v.float() for k, v in load_export_weights(w, dev).items()})
     names, plist = zip(*model.named_parameters())
     fwd = torch.compile(model, dynamic=False) if a.compile else None  # as train dit, hooks only after
-    probe = None if a.compile else BlockZeroProbe(model)
     steps, hits = [], []
-    try:
+    with contextlib.nullcontext() if a.compile else BlockZeroProbe(model) as probe:
         for s in range(a.step0, a.step0 + a.steps):
             if time.time() - t0 > a.seconds:
                 break
@@ -154,7 +157,7 @@ def main(argv=None):
             steps.append(dict(step=s, image_step=b["image_step"], t_min=_num(b["t"].min()), t_max=_num(b["t"].max()), **r))
             if not r["finite"] and len(hits) < a.recompute:
                 hits.append(s)
-        probe = probe or BlockZeroProbe(model)
+    with BlockZeroProbe(model) as probe:
         backends = [("eager", None, True), ("MATH", SDPBackend.MATH, True), ("FLASH_ATTENTION", SDPBackend.FLASH_ATTENTION, True),
                     ("EFFICIENT_ATTENTION", SDPBackend.EFFICIENT_ATTENTION, True),
                     ("CUDNN_ATTENTION", SDPBackend.CUDNN_ATTENTION, True), ("float32_no_autocast", None, False)]
@@ -172,9 +175,6 @@ def main(argv=None):
                 except RuntimeError as ex:  # e.g. a backend that does not support these shapes
                     res[name] = "error: " + repr(ex)[:200]
             recomputed.append(res)
-    finally:
-        if probe:
-            probe.remove()
     bad = [r for r in steps if not r["finite"]]
     summary = dict(steps=len(steps), nonfinite=len(bad), image_steps=sum(r["image_step"] for r in steps),
                    nonfinite_image_steps=sum(r["image_step"] for r in bad),
