@@ -192,6 +192,7 @@ def make_figure(out):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out = Path(out)
     reps = {v: json.loads((out / v / "train_report.json").read_text()) for v in VARIANTS
@@ -221,8 +222,9 @@ def make_figure(out):
         ax[1].axhline(y, color="grey", lw=0.8, ls=ls, label=name)  # named in the legend, not over the curves
     ax[0].set(title="flow-matching loss (smoothed)", xlabel="step", yscale="log")
     ax[1].set(title="top MA channel at the mid block (stas.massive ratios)", xlabel="step", ylabel="ratio")
-    ax[2].set(title="position hierarchy on that channel (t = 0.9, mid block)", xlabel="step")
+    ax[2].set(title="position hierarchy, that channel (mid block, t = 0.9)", xlabel="step")
     for a in ax:  # legends below the panels, never over a curve
+        a.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))  # 150k: full step counts overlapped
         a.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
         a.grid(alpha=0.3)
     fig.tight_layout()
