@@ -505,3 +505,4 @@ def test_dit_trainer_keeps_attention_off_cudnn_by_default():
     from stas.house.train import build_parser
     assert build_parser().parse_args(["dit"]).cudnn_attention is False
     assert build_parser().parse_args(["dit", "--cudnn-attention"]).cudnn_attention is True
+    assert build_parser().parse_args(["dit", "--no-cudnn-attention"]).cudnn_attention is False  # earlier runs' lines

@@ -634,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let SDPA use its cuDNN backend (off by default: its backward gave the uniform DiT's "
                    "non-finite query gradients, 1-4 %% of steps skipped; without it 0 of 24 614 steps, 24.8 against 25.1 "
                    "steps/s; `python -m stas.house.nonfinite`, data/house/dit_continuation_6.json)")
+    d.add_argument("--no-cudnn-attention", dest="cudnn_attention", action="store_false",
+                   help="the default (kept so that earlier runs' command lines still parse)")
     d.add_argument("--no-compile", dest="compile", action="store_false")
     d.add_argument("--no-sample-eval", dest="sample_eval", action="store_false")
     d.add_argument("--text-encoder-dir", default=None)
